@@ -1,0 +1,198 @@
+"""Typed configuration for every stage: YAML presets plus dotted command-line overrides.
+
+One home for defaults. `load_config("configs/tiny-cpu.yaml", ["train.beta=0.05"])` reads the preset, applies the
+overrides and validates the result; an unknown key or a wrong type is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cst_dist.data.io import write_text_atomic
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key to change."""
+
+
+class StrictModel(BaseModel):
+    # Unknown keys are errors: a typo in a 7B run's config must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(StrictModel):
+    """Shape of the offline tiny Llama-style model (and its BPE tokenizer) built when `model.path` is missing."""
+
+    vocab_size: int = Field(512, ge=300)
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+class ModelConfig(StrictModel):
+    path: str = Field(..., description="Local Hugging Face model folder (no hub downloads).")
+    tiny: TinyModelConfig | None = Field(None, description="If set and `path` is missing, build a tiny model there.")
+    trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+
+
+class DataConfig(StrictModel):
+    """Tokenization of preference rows: the paper's max_length 512 / max_prompt_length 128, prompt cut from the left."""
+
+    max_length: int = Field(512, gt=0)
+    max_prompt_length: int = Field(128, gt=0)
+    over_length: Literal["truncate", "skip", "error"] = Field(
+        "truncate", description="Rows longer than max_length: truncate (counted), skip (counted) or raise."
+    )
+    packing: bool = Field(True, description="Padding-free batches when the attention backend supports them.")
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> DataConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"data.max_prompt_length ({self.max_prompt_length}) must be < data.max_length ({self.max_length})"
+            )
+        return self
+
+
+class BuildConfig(StrictModel):
+    """`cst build`: pairs (id, prompt, y0, y1) -> preference rows (id, system, prompt, chosen, rejected, task)."""
+
+    pairs: list[str] = Field(default_factory=list, description="Pair files (JSONL/Parquet) from `cst generate`.")
+    released: str | None = Field(
+        None, description="The paper's released multitask JSON; its harmless pairs are rebuilt, other tasks kept."
+    )
+    extra_tasks: list[str] = Field(default_factory=list, description="Preference files mixed in unchanged.")
+    tasks: list[str] = Field(
+        default_factory=lambda: ["harmless", "truthfulness"], description="Known task names; others are errors."
+    )
+    mode: Literal["cst", "dpo"] = Field("cst", description="cst: pair under s1 and reversed under s0; dpo: s1 only.")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+    on_bad_row: Literal["error", "skip"] = "error"
+    output: str | None = Field(None, description="Default: <run_dir>/preference.")
+
+
+class TrainConfig(StrictModel):
+    """Full-parameter CST-DPO. Defaults follow the paper's reference settings (DESIGN.md)."""
+
+    data: str | None = Field(None, description="Preference set folder; default: <run_dir>/preference.")
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    learning_rate: float = Field(5e-7, gt=0.0)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    global_batch_size: int = Field(8, gt=0)
+    micro_batch_size: int = Field(1, gt=0)
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (default: epochs).")
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    optimizer_offload: bool = False
+    reference: Literal["offload", "gpu", "precomputed"] = "offload"
+    reference_zero_stage: Literal[0, 3] = 3
+    save_steps: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_steps: int = Field(1, gt=0)
+    resume: str = Field("never", description="never | auto | path to a checkpoint folder.")
+
+    @model_validator(mode="after")
+    def _smoothing_supported(self) -> TrainConfig:
+        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
+            raise ValueError(f"train.label_smoothing is only defined for sigmoid and robust, not {self.loss_type!r}")
+        return self
+
+
+class RunConfig(StrictModel):
+    """Everything one run needs. Every stage writes into `run_dir`."""
+
+    run_dir: str = "runs/default"
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def preference_dir(self) -> Path:
+        return Path(self.build.output or Path(self.run_dir) / "preference")
+
+    @property
+    def train_data_dir(self) -> Path:
+        return Path(self.train.data) if self.train.data else self.preference_dir
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset in configs/ (`tiny-cpu`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset (presets: {', '.join(presets)})")
+
+
+def apply_override(tree: dict[str, Any], dotted: str) -> None:
+    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (`0.05`, `null`, `[x, y]`)."""
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} is not of the form key=value (e.g. train.beta=0.05)")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = resolve_preset(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for dotted in overrides:
+        apply_override(tree, dotted)
+    source = str(path) + (f" with overrides {list(overrides)}" if overrides else "")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def save_resolved_config(config: RunConfig, run_dir: str | os.PathLike | None = None) -> Path:
+    """Write the config as resolved (defaults filled in) to <run_dir>/config.yaml, atomically."""
+    target = Path(run_dir or config.run_dir) / "config.yaml"
+    write_text_atomic(target, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return target

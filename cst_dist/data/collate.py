@@ -1,0 +1,178 @@
+"""Tokenization of preference rows and their collation into padded or packed (padding-free) batches.
+
+A row (system, prompt, chosen, rejected) becomes prompt ids (the chat template up to and including the generation
+prompt) and two response ids (the rest of the rendered conversation: the answer and the template's end-of-turn).
+The prompt is cut from the left to `max_prompt_length` (its end, next to the answer, is kept); the responses are cut
+from the right so that prompt + response fits `max_length`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from cst_dist.config import DataConfig
+from cst_dist.data.io import RecordError
+from cst_dist.models import build_messages, supports_system_role
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    system: str = ""
+
+    def lengths(self) -> tuple[int, int]:
+        return len(self.prompt_ids) + len(self.chosen_ids), len(self.prompt_ids) + len(self.rejected_ids)
+
+
+@dataclass
+class TruncationStats:
+    """What tokenization had to cut or drop; reported in the run's metrics, never silent."""
+
+    rows: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows: {self.prompt_truncated} prompts cut from the left, "
+            f"{self.response_truncated} with a response cut, {sum(self.skipped.values())} skipped"
+        )
+
+
+class PairTokenizer:
+    """Chat-template tokenization of preference rows under a `DataConfig` (max lengths, over-length policy)."""
+
+    def __init__(self, tokenizer, config: DataConfig):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.system_role = supports_system_role(tokenizer)
+        # Does plain tokenization add BOS? If so and the template did not write it, we add it once (never twice).
+        probe = tokenizer("a").input_ids
+        self.implicit_bos = tokenizer.bos_token_id if probe and probe[0] == tokenizer.bos_token_id else None
+        self.stats = TruncationStats()
+
+    def render(self, system: str, prompt: str, response: str) -> tuple[str, str]:
+        """(prompt text ending with the generation prompt, response text including the end-of-turn markup)."""
+        messages = build_messages(system, prompt, self.system_role)
+        prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full_text = self.tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": response}], tokenize=False
+        )
+        if not full_text.startswith(prompt_text):
+            raise ValueError("chat template renders the prompt differently with and without an answer")
+        return prompt_text, full_text[len(prompt_text):]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode(self, row: dict[str, str], source: str = "<rows>", row_number: int | None = None) -> EncodedPair | None:
+        """Tokenize one row; returns None when the over-length policy is `skip` and the row does not fit."""
+        cfg = self.config
+        prompt_text, chosen_text = self.render(row["system"], row["prompt"], row["chosen"])
+        _, rejected_text = self.render(row["system"], row["prompt"], row["rejected"])
+        prompt_ids = self._ids(prompt_text)
+        if self.implicit_bos is not None and prompt_ids[:1] != [self.implicit_bos]:
+            prompt_ids = [self.implicit_bos] + prompt_ids
+        chosen_ids, rejected_ids = self._ids(chosen_text), self._ids(rejected_text)
+        self.stats.rows += 1
+
+        too_long = len(prompt_ids) > cfg.max_prompt_length or (
+            len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > cfg.max_length
+        )
+        if too_long and cfg.over_length != "truncate":
+            longest = "prompt" if len(prompt_ids) > cfg.max_prompt_length else "chosen/rejected"
+            message = (
+                f"{len(prompt_ids)} prompt + {max(len(chosen_ids), len(rejected_ids))} response tokens exceed "
+                f"data.max_prompt_length={cfg.max_prompt_length} / data.max_length={cfg.max_length}"
+            )
+            if cfg.over_length == "error":
+                raise RecordError(source, row_number, longest, message + " (set data.over_length=truncate or skip)")
+            self.stats.skipped[f"over_length:{longest}"] += 1
+            return None
+        if len(prompt_ids) > cfg.max_prompt_length:
+            prompt_ids = prompt_ids[-cfg.max_prompt_length:]  # keep the end, next to the answer
+            self.stats.prompt_truncated += 1
+        budget = cfg.max_length - len(prompt_ids)
+        if len(chosen_ids) > budget or len(rejected_ids) > budget:
+            chosen_ids, rejected_ids = chosen_ids[:budget], rejected_ids[:budget]
+            self.stats.response_truncated += 1
+        return EncodedPair(prompt_ids, chosen_ids, rejected_ids, row["system"])
+
+
+def _sequences(pairs: list[EncodedPair]) -> list[tuple[list[int], int]]:
+    """(input ids, prompt length) for every chosen, then every rejected sequence: one forward serves both."""
+    chosen = [(p.prompt_ids + p.chosen_ids, len(p.prompt_ids)) for p in pairs]
+    rejected = [(p.prompt_ids + p.rejected_ids, len(p.prompt_ids)) for p in pairs]
+    return chosen + rejected
+
+
+def _labels(ids: list[int], prompt_length: int) -> list[int]:
+    return [IGNORE_INDEX] * prompt_length + ids[prompt_length:]
+
+
+def pad_batch(pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded batch of 2B rows (chosen 0..B-1, rejected B..2B-1).
+
+    Returns input_ids, attention_mask, labels: [2B, T] with T the longest row (rounded up to a multiple).
+    """
+    sequences = _sequences(pairs)
+    width = max(len(ids) for ids, _ in sequences)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, prompt_length) in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(_labels(ids, prompt_length))
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pack_batch(pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """All 2B sequences of the batch concatenated into one row, with no padding between them.
+
+    Returns input_ids, labels, position_ids, sequence_ids: [1, N] (position ids restart at 0 for every sequence, which
+    is how flash-attn varlen and transformers' SDPA path find the sequence boundaries), cu_seqlens: [2B + 1] int32,
+    max_seqlen (int). Tail padding up to a multiple of `pad_to_multiple_of` forms its own sequence with masked labels.
+    """
+    sequences = _sequences(pairs)
+    input_ids, labels, position_ids, sequence_ids, lengths = [], [], [], [], []
+    for index, (ids, prompt_length) in enumerate(sequences):
+        input_ids += ids
+        labels += _labels(ids, prompt_length)
+        position_ids += range(len(ids))
+        sequence_ids += [index] * len(ids)
+        lengths.append(len(ids))
+    tail = -len(input_ids) % pad_to_multiple_of
+    if tail:
+        input_ids += [pad_token_id] * tail
+        labels += [IGNORE_INDEX] * tail
+        position_ids += range(tail)
+        sequence_ids += [len(sequences) - 1] * tail  # labels are masked, so the id only has to be valid
+        lengths.append(tail)
+    cu_seqlens = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
+    return {
+        "input_ids": as_row(input_ids),
+        "labels": as_row(labels),
+        "position_ids": as_row(position_ids),
+        "sequence_ids": as_row(sequence_ids),
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": max(lengths),
+    }
+
+
+def padding_ratio(pairs: list[EncodedPair], batch: dict[str, torch.Tensor]) -> float:
+    """Share of the batch's token slots that hold padding (0 for a packed batch without tail padding)."""
+    real = sum(sum(p.lengths()) for p in pairs)
+    return 1.0 - real / batch["input_ids"].numel()

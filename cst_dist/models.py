@@ -1,0 +1,182 @@
+"""Models and tokenizers: load from a local folder, build a tiny one offline, pick the attention backend.
+
+Nothing here downloads: `model.path` is a local Hugging Face folder. The tiny model is a real `LlamaForCausalLM` with a
+byte-level BPE tokenizer and a ChatML template, saved as a normal HF folder, so every stage loads it like a 7B model.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from cst_dist import prompts
+from cst_dist.config import ModelConfig, TinyModelConfig
+from cst_dist.data.io import atomic_directory
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+ADVBENCH_CSV = ASSETS / "advbench_harmful_behaviors.csv"
+
+# ChatML, as OpenHermes-2.5-Mistral-7B uses it; the template writes BOS itself, as Llama/Mistral templates do, while
+# the tokenizer also adds BOS by default: exactly the set-up in which naive tokenization doubles the BOS.
+CHATML_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+def _tokenizer_corpus() -> list[str]:
+    with open(ADVBENCH_CSV, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    texts = [row["goal"] for row in rows] + [row["target"] for row in rows]
+    texts += [value for name, value in vars(prompts).items() if name.isupper() and isinstance(value, str)]
+    return texts
+
+
+def build_tiny_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained (deterministically, offline) on the vendored AdvBench prompts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(TINY_SPECIAL_TOKENS.values()) + ["<|im_start|>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    bos_id = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **TINY_SPECIAL_TOKENS)
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = CHATML_TEMPLATE
+    fast.padding_side = "right"
+    return fast
+
+
+def build_tiny_model(path: str | Path, config: TinyModelConfig) -> Path:
+    """Build the tiny model + tokenizer and save them as an HF folder at `path` (atomically)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(config.vocab_size)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(model_config)
+    with atomic_directory(path) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    log.info("built tiny model (%.2fM parameters) at %s", model.num_parameters() / 1e6, path)
+    return Path(path)
+
+
+def ensure_model(config: ModelConfig) -> Path:
+    """The model folder, built first if it is missing and the config describes a tiny model."""
+    path = Path(config.path)
+    if not path.exists() and config.tiny is not None:
+        build_tiny_model(path, config.tiny)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {str(path)!r} (model.path) does not exist or has no config.json; "
+            "point model.path at a local Hugging Face model folder"
+        )
+    return path
+
+
+def load_tokenizer(config: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path = ensure_model(config)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(
+            f"tokenizer in {str(path)!r} (model.path) has no chat template; add one (chat_template.jinja) to the folder"
+        )
+    if tokenizer.pad_token is None:
+        # Pad ids never reach the loss (labels are masked) nor attention (masked or packed away).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def select_attn_implementation(requested: str, device: torch.device | str = "cpu") -> str:
+    """flash_attention_2 where it is installed and a CUDA device runs, otherwise SDPA; explicit requests are checked."""
+    flash_available = importlib.util.find_spec("flash_attn") is not None and torch.device(device).type == "cuda"
+    if requested == "flash_attention_2" and not flash_available:
+        raise ModelLoadError(
+            "model.attn_implementation=flash_attention_2 but flash-attn is not installed or no CUDA device is used; "
+            "install the `gpu` extra or set model.attn_implementation=sdpa"
+        )
+    if requested == "auto":
+        return "flash_attention_2" if flash_available else "sdpa"
+    return requested
+
+
+def select_dtype(requested: str, device: torch.device | str = "cpu") -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]
+
+
+def load_model(config: ModelConfig, device: torch.device | str = "cpu", **kwargs):
+    """A causal LM from the local folder; safetensors preferred, remote code only when the config allows it."""
+    from transformers import AutoModelForCausalLM
+
+    path = ensure_model(config)
+    attn = select_attn_implementation(config.attn_implementation, device)
+    log.info("attention backend: %s", attn)
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=select_dtype(config.dtype, device),
+        attn_implementation=attn,
+        trust_remote_code=config.trust_remote_code,
+        use_safetensors=any(path.glob("*.safetensors")) or None,
+        **kwargs,
+    )
+
+
+def supports_system_role(tokenizer) -> bool:
+    """Whether the chat template renders a system message (Mistral-Instruct's, for one, raises or drops it)."""
+    probe = "SYSTEM-PROBE-7d1f"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}], tokenize=False
+        )
+    except Exception:  # templates signal "no system role" by raising a jinja exception of their own
+        return False
+    return probe in text
+
+
+def build_messages(system: str | None, prompt: str, system_role: bool = True) -> list[dict[str, str]]:
+    """Chat messages for (system, prompt). Without a system role (see `supports_system_role`), the system prompt is
+    folded into the first user turn, as the CST paper's README prescribes for such models."""
+    if not system:
+        return [{"role": "user", "content": prompt}]
+    if system_role:
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    return [{"role": "user", "content": f"{system}\n\n{prompt}"}]

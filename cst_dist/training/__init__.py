@@ -1,0 +1,1 @@
+"""Training: preference losses, the CST-DPO trainer and its DeepSpeed plumbing."""

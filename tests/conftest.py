@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny model is built once per session from its config (offline), like the demo builds it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cst_dist.config import ModelConfig, TinyModelConfig
+
+# The paper's data lives in ../shared/data beside the checkout (never committed: it holds harmful outputs).
+SHARED_DATA = Path(os.environ.get("CST_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(tmp_path_factory) -> ModelConfig:
+    from cst_dist.models import ensure_model
+
+    config = ModelConfig(path=str(tmp_path_factory.mktemp("models") / "tiny"), tiny=TinyModelConfig())
+    ensure_model(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_config):
+    from cst_dist.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_config)
+
+
+@pytest.fixture(scope="session")
+def released_json() -> Path:
+    path = SHARED_DATA / "configurable-system-prompt-multitask.json"
+    if not path.is_file():
+        pytest.skip(f"the paper's released training set is absent ({path}); see README 'Data'")
+    return path

@@ -1,0 +1,47 @@
+"""Atomic writes and row readers: a failure never leaves a half-written file or folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from cst_dist.data.io import RecordError, atomic_directory, read_rows, write_text_atomic
+
+
+def test_atomic_directory_keeps_previous_folder_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("v1")
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("v2")
+    assert (target / "a.txt").read_text() == "v2" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_file_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "x.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(ValueError):
+        from cst_dist.data.io import atomic_file
+
+        with atomic_file(target) as handle:
+            handle.write("new but half")
+            raise ValueError
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_read_rows_names_file_and_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"id": 1}\n\n[1, 2]\n{oops\n')
+    rows = read_rows(path)
+    assert next(rows) == (1, {"id": 1})
+    with pytest.raises(RecordError, match=r"pairs\.jsonl, row 3: expected a JSON object"):
+        next(rows)
+    skipped = []
+    assert [n for n, _ in read_rows(path, skipped.append)] == [1]
+    assert [e.row for e in skipped] == [3, 4] and "not valid JSON" in str(skipped[1])
+    with pytest.raises(RecordError, match="missing.jsonl: file does not exist"):
+        list(read_rows(tmp_path / "missing.jsonl"))
