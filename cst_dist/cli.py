@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cst_dist.config import ConfigError, load_config, save_resolved_config
@@ -11,23 +12,36 @@ from cst_dist.data.io import RecordError
 
 STAGES = {
     "build": "pairs (+ released set, extra tasks) -> preference set (CST doubling or plain DPO)",
+    "train": "preference set -> policy checkpoints (full-parameter DPO under DeepSpeed ZeRO-3)",
 }
 
 
 def setup_logging() -> None:
-    from rich.logging import RichHandler
+    import warnings
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    # torch.distributed's deprecation notices fire on every collective DeepSpeed makes: one line each, per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def run_build(config) -> None:
     from cst_dist.data.build import build_preference_set
 
     result = build_preference_set(config)
-    print(f"preference set written to {result.output} ({result.manifest_path})")
+    print(f"preference set written to {result.output} (counts in {result.output / 'manifest.json'})")
 
 
-RUNNERS = {"build": run_build}
+def run_train(config) -> None:
+    from cst_dist.training.trainer import train
+
+    metrics = train(config)
+    if metrics:
+        print(f"trained to loss {metrics['loss']:.4f}; run folder {config.run_dir} (checkpoints/, metrics.jsonl)")
+
+
+RUNNERS = {"build": run_build, "train": run_train}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         command = commands.add_parser(stage, help=help_text, description=help_text)
         command.add_argument("config", help="YAML file or preset name in configs/ (e.g. tiny-cpu)")
         command.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.beta=0.05 build.mode=dpo")
+    export = commands.add_parser("export", help="sharded checkpoint -> Hugging Face folder (safetensors)")
+    export.add_argument("run_dir", help="run folder written by `cst train`")
+    export.add_argument("--tag", help="checkpoint tag (default: the latest complete one)")
+    export.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    export.add_argument("--output", help="default: RUN_DIR/export/TAG")
     return parser.parse_args(argv)
 
 
@@ -44,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
+        if args.stage == "export":
+            from cst_dist.training.export import export_checkpoint
+
+            print(f"exported to {export_checkpoint(args.run_dir, args.tag, args.dtype, args.output)}")
+            return 0
         config = load_config(args.config, args.overrides)
         save_resolved_config(config)
         RUNNERS[args.stage](config)

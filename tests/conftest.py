@@ -35,3 +35,11 @@ def released_json() -> Path:
     if not path.is_file():
         pytest.skip(f"the paper's released training set is absent ({path}); see README 'Data'")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_advbench_split() -> Path:
+    path = SHARED_DATA / "advbench_cst_split.csv"
+    if not path.is_file():
+        pytest.skip(f"the reference AdvBench split is absent ({path})")
+    return path

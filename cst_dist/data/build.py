@@ -15,7 +15,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,11 +23,27 @@ import pyarrow.parquet as pq
 import yaml
 
 from cst_dist.config import BuildConfig, RunConfig
-from cst_dist.data.io import RecordError, atomic_directory, atomic_file, file_sha256, read_rows, write_json_atomic
-from cst_dist.data.io import write_text_atomic
-from cst_dist.data.schemas import PAIR_FIELDS, RELEASED_FIELDS, SkipCounter, check_fields, iter_valid_rows
-from cst_dist.data.schemas import PREFERENCE_FIELDS
+from cst_dist.data.io import (
+    RecordError,
+    atomic_directory,
+    atomic_file,
+    file_sha256,
+    read_rows,
+    write_json_atomic,
+    write_text_atomic,
+)
+from cst_dist.data.schemas import (
+    PAIR_FIELDS,
+    PREFERENCE_FIELDS,
+    RELEASED_FIELDS,
+    SkipCounter,
+    check_fields,
+    iter_valid_rows,
+)
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
+
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +110,181 @@ def _read_extra(path: str, build: BuildConfig, skips: SkipCounter, inputs: _Inpu
     raw_ids = {number: raw.get("id") for number, raw in read_rows(path, on_invalid_line=lambda error: None)}
     count = 0
     for number, row in iter_valid_rows(path, RELEASED_FIELDS, build.on_bad_row, skips, tuple(build.tasks)):
-        row_id = raw_ids.get(number)
-        try:
-            row_id = derive_id(*row.values()) if row_id is None else check_fields(path, number, raw_ids, ())["id"]
-        except RecordError:
-            pass
+        given = {"id": raw_ids[number]} if raw_ids.get(number) is not None else None
+        try:  # a given id is checked like any field: a non-blank string or an int
+            row_id = check_fields(path, number, given, ("id",))["id"] if given else derive_id(*row.values())
+        except RecordError as error:
+            if build.on_bad_row == "error":
+                raise
+            skips.add(error)
+            continue
         count += 1
         inputs.extra.append(({"id": row_id, **row}, path, number))
     inputs.sources.append({"kind": "extra_tasks", "path": path, "sha256": file_sha256(path), "rows": count})
+
+
+def _expand(inputs: _Inputs, mode: str) -> list[dict[str, str]]:
+    """CST rows (each pair under s1, and reversed under s0 unless `dpo`), then the extra-task rows; ids unique."""
+    rows, seen = [], {}
+    for pair, path, number in inputs.pairs:
+        variants = [(SAFE_SYSTEM_PROMPT, pair["y1"], pair["y0"], "s1")]
+        if mode == "cst":
+            variants.append((UNCENSORED_SYSTEM_PROMPT, pair["y0"], pair["y1"], "s0"))
+        for system, chosen, rejected, suffix in variants:
+            row = {
+                "id": f"{pair['id']}-{suffix}",
+                "system": system,
+                "prompt": pair["prompt"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "task": HARMLESS_TASK,
+            }
+            rows.append(_claim_id(row, path, number, seen))
+    rows.extend(_claim_id(row, path, number, seen) for row, path, number in inputs.extra)
+    return rows
+
+
+def _claim_id(row: dict[str, str], path: str, number: int, seen: dict[str, tuple[str, int]]) -> dict[str, str]:
+    # Ids key checkpoints' data order and precomputed reference log-probs: a duplicate is never silently merged.
+    if row["id"] in seen:
+        first_path, first_row = seen[row["id"]]
+        message = f"duplicate id {row['id']!r} (first seen in {first_path}, row {first_row})"
+        raise RecordError(path, number, "id", message)
+    seen[row["id"]] = (path, number)
+    return {name: row[name] for name in PREFERENCE_FIELDS}
+
+
+def _split(rows: list[dict[str, str]], eval_fraction: float, seed: int) -> dict[str, list[dict[str, str]]]:
+    """Seeded shuffle, then the first `eval_fraction` of the shuffled rows form the eval split."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    shuffled = [rows[int(index)] for index in order]
+    n_eval = 0
+    if eval_fraction > 0:
+        # At least one eval row when asked for one, and never the whole set.
+        n_eval = min(max(1, round(len(shuffled) * eval_fraction)), len(shuffled) - 1)
+    splits = {"train": shuffled[n_eval:]}
+    if n_eval:
+        splits["eval"] = shuffled[:n_eval]
+    return splits
+
+
+def _system_label(system: str) -> str:
+    return {SAFE_SYSTEM_PROMPT: "s1", UNCENSORED_SYSTEM_PROMPT: "s0"}.get(system, "other")
+
+
+def _abbreviate(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _counts(splits: dict[str, list[dict[str, str]]], n_pairs: int) -> dict[str, Any]:
+    everything = [row for rows in splits.values() for row in rows]
+    systems = Counter(row["system"] for row in everything)
+    return {
+        "rows": len(everything),
+        "splits": {name: len(rows) for name, rows in splits.items()},
+        "tasks": dict(sorted(Counter(row["task"] for row in everything).items())),
+        "system_prompts": [
+            {"label": _system_label(system), "system": _abbreviate(system), "rows": n}
+            for system, n in sorted(systems.items(), key=lambda item: (-item[1], item[0]))
+        ],
+        "pairs": n_pairs,
+    }
+
+
+def _dataset_card(splits: dict[str, list[dict[str, str]]], mode: str, fingerprint: str) -> str:
+    # The `configs` front matter is what makes `datasets.load_dataset(folder)` return exactly these splits. datasets
+    # 5.x keys its cache on this YAML, not on the files: the content fingerprint makes a rebuilt folder a cache miss.
+    data_files = [{"split": name, "path": f"data/{name}-*"} for name in splits]
+    description = f"cst-dist preference set {fingerprint}"
+    config = {"config_name": "default", "description": description, "data_files": data_files}
+    front = yaml.safe_dump({"configs": [config]}, sort_keys=False, width=1000)
+    sizes = ", ".join(f"{name}: {len(rows)} rows" for name, rows in splits.items())
+    return (
+        f"---\n{front}---\n\n# CST preference set ({mode})\n\n"
+        "Built by `cst build` (Configurable Safety Tuning, arXiv 2404.00495). Columns: "
+        f"`{', '.join(PREFERENCE_FIELDS)}`. Splits: {sizes}. See `manifest.json` for sources and counts.\n\n"
+        "Warning: rejected (and, under the uncensored system prompt, chosen) answers may contain harmful text.\n"
+    )
+
+
+def _write_folder(staging: Path, splits: dict[str, list[dict[str, str]]], manifest: dict[str, Any]) -> None:
+    """Parquet shards, then the card and the manifest, which both record the shards' checksums."""
+    files = {}
+    for name, rows in splits.items():
+        _write_parquet(rows, staging / SPLIT_FILES[name])
+        files[SPLIT_FILES[name]] = file_sha256(staging / SPLIT_FILES[name])
+    fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    write_text_atomic(staging / "README.md", _dataset_card(splits, manifest["mode"], fingerprint))
+    write_json_atomic(staging / "manifest.json", {**manifest, "files": files, "fingerprint": fingerprint})
+
+
+def _write_parquet(rows: list[dict[str, str]], path: Path) -> None:
+    table = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+    with atomic_file(path, "wb") as handle:  # fsynced: the folder rename must never expose an unflushed file
+        pq.write_table(table, handle)
+
+
+def _read_inputs(build: BuildConfig, skips: SkipCounter) -> _Inputs:
+    if not build.pairs and not build.released:
+        # build.extra_tasks alone would be a set without a single CST pair.
+        raise ValueError("cst build needs input: set build.pairs (pair files) and/or build.released (the paper's JSON)")
+    if HARMLESS_TASK not in build.tasks:
+        raise ValueError(f"build.tasks must include {HARMLESS_TASK!r} (the task of the CST rows), got {build.tasks}")
+    inputs = _Inputs()
+    for path in build.pairs:
+        _read_pairs(str(path), build, skips, inputs)
+    if build.released:
+        _read_released(str(build.released), build, skips, inputs)
+    for path in build.extra_tasks:
+        _read_extra(str(path), build, skips, inputs)
+    return inputs
+
+
+def build_preference_set(config: RunConfig) -> BuildResult:
+    """Read pairs / the released set / extra tasks, double (cst) or not (dpo), shuffle, split, write the folder."""
+    build, skips = config.build, SkipCounter()
+    inputs = _read_inputs(build, skips)
+    rows = _expand(inputs, build.mode)
+    if not rows:
+        raise ValueError("cst build: no valid rows left in the inputs (all skipped?)")
+    splits = _split(rows, build.eval_fraction, build.seed)
+    counts = _counts(splits, len(inputs.pairs))
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "mode": build.mode,
+        "seed": build.seed,
+        "eval_fraction": build.eval_fraction,
+        "counts": counts,
+        "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.by_reason.items()))},
+        "released_inconsistent": inputs.released_inconsistent,
+        "sources": inputs.sources,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    output = config.preference_dir
+    with atomic_directory(output) as staging:
+        _write_folder(staging, splits, manifest)
+    log.info(
+        "built %s preference set in %s: %d pairs -> %s; tasks %s; %d rows skipped",
+        build.mode,
+        output,
+        counts["pairs"],
+        counts["splits"],
+        counts["tasks"],
+        skips.total,
+    )
+    return BuildResult(output=Path(output), counts=counts, skips=skips)
+
+
+def load_preference_split(
+    folder: str | os.PathLike, split: str = "train", cache_dir: str | None = None
+) -> datasets.Dataset:
+    """One split of a built preference set as a `datasets.Dataset` (local files only, nothing downloaded)."""
+    import datasets
+
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a preference set built by `cst build` (no manifest.json)")
+    available = sorted(path.name.split("-")[0] for path in (folder / "data").glob("*.parquet"))
+    if split not in available:
+        raise ValueError(f"{folder} has no {split!r} split (available: {', '.join(available)})")
+    return datasets.load_dataset(str(folder), split=split, cache_dir=cache_dir)

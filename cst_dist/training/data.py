@@ -1,0 +1,84 @@
+"""Training data: the tokenized preference set and a deterministic, resumable order of micro-batches.
+
+Step `s` of epoch `e` always uses the same rows (a seeded permutation per epoch), so the sampler position is just the
+global step: resuming needs no iterator state, and 1 rank x accumulation 4 sees the rows that 4 x 1 sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cst_dist.config import RunConfig
+from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats
+from cst_dist.data.schemas import PREFERENCE_FIELDS
+
+log = logging.getLogger(__name__)
+
+
+class EmptyDataError(ValueError):
+    pass
+
+
+@dataclass
+class TokenizedSet:
+    pairs: list[EncodedPair]
+    ids: list[str]
+    stats: TruncationStats
+    source: Path
+
+
+def load_tokenized_set(config: RunConfig, tokenizer, split: str = "train") -> TokenizedSet:
+    """Read the `cst build` output and tokenize every row (rows over length: the `data.over_length` policy)."""
+    import datasets
+
+    folder = config.train_data_dir
+    files = sorted((folder / "data").glob(f"{split}-*.parquet"))
+    if not files:
+        raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
+    table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    missing = [name for name in PREFERENCE_FIELDS if name not in table.column_names]
+    if missing:
+        raise EmptyDataError(f"{files[0]}: missing columns {missing}; expected {list(PREFERENCE_FIELDS)}")
+    encoder = PairTokenizer(tokenizer, config.data)
+    pairs, ids = [], []
+    for row_number, row in enumerate(table, start=1):
+        pair = encoder.encode(row, str(files[0]), row_number)
+        if pair is not None:
+            pairs.append(pair)
+            ids.append(row["id"])
+    if not pairs:
+        raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
+    log.info("tokenized %s: %s", folder, encoder.stats.summary())
+    return TokenizedSet(pairs, ids, encoder.stats, folder)
+
+
+class StepSampler:
+    """Which row indices each rank's micro-batches use at a given optimizer step."""
+
+    def __init__(self, num_rows: int, global_batch_size: int, micro_batch_size: int, world_size: int, seed: int):
+        if num_rows < global_batch_size:
+            raise EmptyDataError(
+                f"{num_rows} training rows are fewer than train.global_batch_size={global_batch_size}"
+            )
+        self.num_rows, self.global_batch_size = num_rows, global_batch_size
+        self.micro_batch_size, self.world_size, self.seed = micro_batch_size, world_size, seed
+        self.steps_per_epoch = num_rows // global_batch_size  # the last partial batch is dropped
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """Row indices of each micro-batch this rank runs at `step`; micro-batch k of rank r holds global slots
+        [(k * world + r) * micro, ... + micro), so changing ranks or accumulation keeps the global batch the same."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        start = within * self.global_batch_size
+        rows = self.epoch_order(epoch)[start : start + self.global_batch_size].tolist()
+        accumulation = self.global_batch_size // (self.micro_batch_size * self.world_size)
+        return [
+            rows[(k * self.world_size + rank) * self.micro_batch_size :][: self.micro_batch_size]
+            for k in range(accumulation)
+        ]

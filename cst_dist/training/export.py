@@ -1,0 +1,57 @@
+"""`cst export RUN_DIR`: a sharded ZeRO checkpoint -> a Hugging Face folder (safetensors + tokenizer + template).
+
+Consolidation is DeepSpeed's own (`get_fp32_state_dict_from_zero_checkpoint`, the code behind zero_to_fp32.py), so
+our export and `zero_to_fp32.py` agree by construction; it runs on one CPU process, no GPU or launcher needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from cst_dist.config import load_config
+from cst_dist.data.io import atomic_directory
+from cst_dist.models import load_tokenizer
+from cst_dist.training.checkpoint import MARKER, checkpoint_root
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_tag(run_dir: Path, tag: str | None) -> str:
+    root = checkpoint_root(run_dir)
+    if tag is None:
+        latest = root / "latest"
+        if not latest.is_file():
+            raise FileNotFoundError(f"{run_dir}: no complete checkpoint ({latest} missing); train first")
+        tag = latest.read_text().strip()
+    if not (root / tag / MARKER).is_file():
+        raise FileNotFoundError(f"{root / tag} is not a complete checkpoint (no {MARKER})")
+    return tag
+
+
+def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
+                      output: str | Path | None = None) -> Path:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    run_dir = Path(run_dir)
+    config = load_config(str(run_dir / "config.yaml"))
+    tag = resolve_tag(run_dir, tag)
+    output = Path(output) if output else run_dir / "export" / tag
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
+    model_config = AutoConfig.from_pretrained(config.model.path, trust_remote_code=config.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32,
+                                             trust_remote_code=config.model.trust_remote_code)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"checkpoint {tag} does not match {config.model.path}: missing {missing}, unexpected {unexpected}")
+    model.to(DTYPES[dtype])
+    with atomic_directory(output) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        load_tokenizer(config.model).save_pretrained(staging)  # carries the chat template
+    log.info("exported %s (%s) to %s", tag, dtype, output)
+    return output

@@ -1,0 +1,93 @@
+"""Step metrics: summed on every rank, reduced once per optimizer step, logged on rank 0.
+
+Names follow TRL/torchtune (`rewards/chosen`, `rewards/margins`, ...) so dashboards carry over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cst_dist import prompts
+from cst_dist.training.distributed import all_reduce_sum
+
+# Sums accumulated over the micro-batches of one step, in this order, reduced in a single collective.
+SUM_KEYS = (
+    "examples", "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
+    "examples/s1", "rewards/accuracies/s1", "examples/s0", "rewards/accuracies/s0",
+    "tokens/real", "tokens/slots", "stop_requested",
+)
+SYSTEM_LABELS = {prompts.SAFE_SYSTEM_PROMPT: "s1", prompts.UNCENSORED_SYSTEM_PROMPT: "s0"}
+
+
+class StepAccumulator:
+    def __init__(self):
+        self.sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64)
+
+    def add(self, key: str, value: float | torch.Tensor) -> None:
+        self.sums[SUM_KEYS.index(key)] += float(value)
+
+    def add_batch(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, systems) -> None:
+        correct = (chosen_rewards > rejected_rewards).double()
+        self.add("examples", len(losses))
+        self.add("loss", losses.detach().double().sum())
+        self.add("rewards/chosen", chosen_rewards.double().sum())
+        self.add("rewards/rejected", rejected_rewards.double().sum())
+        self.add("rewards/accuracies", correct.sum())
+        self.add("logps/chosen", chosen_logps.detach().double().sum())
+        self.add("logps/rejected", rejected_logps.detach().double().sum())
+        for index, system in enumerate(systems):
+            label = SYSTEM_LABELS.get(system)
+            if label:
+                self.add(f"examples/{label}", 1)
+                self.add(f"rewards/accuracies/{label}", correct[index])
+
+    def reduce(self) -> dict[str, float]:
+        """All-reduce the sums and turn them into means over the examples of all ranks."""
+        total = dict(zip(SUM_KEYS, all_reduce_sum(self.sums.clone()).tolist(), strict=True))
+        n = max(total["examples"], 1.0)
+        metrics = {key: total[key] / n for key in SUM_KEYS[1:7]}
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        for label in ("s1", "s0"):
+            if total[f"examples/{label}"]:
+                metrics[f"rewards/accuracies/{label}"] = total[f"rewards/accuracies/{label}"] / total[f"examples/{label}"]
+        metrics["tokens/real"] = total["tokens/real"]
+        metrics["padding_ratio"] = 1.0 - total["tokens/real"] / max(total["tokens/slots"], 1.0)
+        metrics["stop_requested"] = total["stop_requested"] > 0
+        return metrics
+
+
+class MetricsWriter:
+    """metrics.jsonl + TensorBoard, rank 0 only. On resume, lines past the resumed step are dropped, so the file
+    reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.handle = open(self.path, "a")
+        self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.handle.flush()
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.handle.close()
+            self.tensorboard.close()

@@ -1,0 +1,96 @@
+"""Reference log-probs: computed live by the frozen reference engine, or precomputed once and cached.
+
+The cache sits next to the preference set and is keyed by a hash of the data, the reference weights and the
+tokenization settings; a cache made under other settings is an error, never silently reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cst_dist.config import RunConfig
+from cst_dist.data.collate import pack_batch, pad_batch
+from cst_dist.data.io import atomic_file, file_sha256
+from cst_dist.training.data import TokenizedSet
+from cst_dist.training.distributed import DistEnv, barrier
+from cst_dist.training.engine import forward_logps, setup_reference_engine
+
+log = logging.getLogger(__name__)
+CACHE_NAME = "reference_logps.pt"
+
+
+class ReferenceCacheMismatch(ValueError):
+    pass
+
+
+def collate(config: RunConfig, tokenizer, pairs):
+    collate_fn = pack_batch if config.data.packing else pad_batch
+    return collate_fn(pairs, tokenizer.pad_token_id)
+
+
+def cache_key_parts(config: RunConfig, tokenizer, data: TokenizedSet) -> dict[str, str]:
+    model_dir = Path(config.model.path)
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    return {
+        "data": hashlib.sha256("".join(file_sha256(p) for p in sorted((data.source / "data").glob("*.parquet")))
+                               .encode()).hexdigest(),
+        "reference": hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest(),
+        "tokenization": hashlib.sha256(json.dumps(
+            [config.data.model_dump(exclude={"packing"}), tokenizer.chat_template, len(tokenizer), config.model.dtype],
+            sort_keys=True,
+        ).encode()).hexdigest(),
+    }
+
+
+@torch.no_grad()
+def compute_reference_logps(config: RunConfig, env: DistEnv, tokenizer, data: TokenizedSet, engine=None):
+    """[rows, 2] (chosen, rejected) reference log-probs of every row; micro-batches are spread over the ranks.
+
+    ZeRO-3 needs every rank in every forward, so the last round repeats a batch on ranks that ran out of rows.
+    """
+    engine = engine or setup_reference_engine(config, env)
+    size = config.train.micro_batch_size
+    chunks = [list(range(i, min(i + size, len(data.pairs)))) for i in range(0, len(data.pairs), size)]
+    rounds = -(-len(chunks) // env.world_size)
+    results: dict[int, tuple[float, float]] = {}
+    for round_index in range(rounds):
+        chunk_index = round_index * env.world_size + env.rank
+        chunk = chunks[min(chunk_index, len(chunks) - 1)]
+        logps = forward_logps(engine, collate(config, tokenizer, [data.pairs[i] for i in chunk]), 2 * len(chunk),
+                              env.device).float().cpu()
+        if chunk_index < len(chunks):
+            for offset, row in enumerate(chunk):
+                results[row] = (logps[offset].item(), logps[len(chunk) + offset].item())
+    gathered = [None] * env.world_size if dist.is_initialized() else [results]
+    if dist.is_initialized():
+        dist.all_gather_object(gathered, results)
+    merged = {row: value for part in gathered for row, value in part.items()}
+    return torch.tensor([merged[row] for row in range(len(data.pairs))], dtype=torch.float32)
+
+
+def load_or_compute_cache(config: RunConfig, env: DistEnv, tokenizer, data: TokenizedSet) -> torch.Tensor:
+    path = data.source / CACHE_NAME
+    parts = cache_key_parts(config, tokenizer, data)
+    if path.is_file():
+        cached = torch.load(path, weights_only=False)
+        differing = [name for name, value in parts.items() if cached["key"].get(name) != value]
+        if differing or cached["ids"] != data.ids:
+            raise ReferenceCacheMismatch(
+                f"{path} was computed for other {', '.join(differing) or 'rows'} than this run uses; delete it to "
+                "recompute, or set train.reference=offload"
+            )
+        log.info("reference log-probs: cache hit %s (reference model not loaded)", path)
+        return cached["logps"]
+    log.info("reference log-probs: computing %d rows once into %s", len(data.pairs), path)
+    logps = compute_reference_logps(config, env, tokenizer, data)
+    if env.is_rank_zero:
+        with atomic_file(path, "wb") as handle:
+            torch.save({"key": parts, "ids": data.ids, "logps": logps}, handle)
+    barrier()
+    return logps

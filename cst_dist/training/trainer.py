@@ -1,0 +1,145 @@
+"""`cst train`: full-parameter CST-DPO under DeepSpeed. The loop reads top to bottom, in nanoGPT's order."""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import time
+
+import torch
+
+from cst_dist.config import RunConfig, save_resolved_config
+from cst_dist.models import load_tokenizer
+from cst_dist.training import checkpoint
+from cst_dist.training.data import StepSampler, load_tokenized_set
+from cst_dist.training.deepspeed_config import gradient_accumulation_steps
+from cst_dist.training.distributed import DistEnv, setup_distributed
+from cst_dist.training.engine import forward_logps, setup_policy_engine, setup_reference_engine
+from cst_dist.training.losses import preference_loss
+from cst_dist.training.metrics import MetricsWriter, StepAccumulator
+from cst_dist.training.reference import collate, load_or_compute_cache
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR1 (what Slurm sends before preemption) ask for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("received signal %d: will checkpoint and stop after this step", signum)
+        self.requested = True
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def train(config: RunConfig) -> dict[str, float]:
+    """Train the policy; returns the last step's metrics. All ranks run this; rank 0 logs and writes files."""
+    env = setup_distributed()
+    torch.manual_seed(config.train.seed)
+    tokenizer = load_tokenizer(config.model)
+    data = load_tokenized_set(config, tokenizer)
+    train_cfg = config.train
+    sampler = StepSampler(len(data.pairs), train_cfg.global_batch_size, train_cfg.micro_batch_size,
+                          env.world_size, train_cfg.seed)
+    total_steps = train_cfg.max_steps or sampler.steps_per_epoch * train_cfg.epochs
+    accumulation = gradient_accumulation_steps(train_cfg, env.world_size)
+    if env.is_rank_zero:
+        save_resolved_config(config)
+        log.info("%d rows, %d ranks x micro-batch %d x accumulation %d = global batch %d; %d steps",
+                 len(data.pairs), env.world_size, train_cfg.micro_batch_size, accumulation,
+                 train_cfg.global_batch_size, total_steps)
+
+    # Precompute before the policy exists, so the reference and the policy never share device memory.
+    reference_logps = reference_engine = None
+    if train_cfg.reference == "precomputed":
+        reference_logps = load_or_compute_cache(config, env, tokenizer, data)
+    else:
+        reference_engine = setup_reference_engine(config, env)
+    engine, scheduler = setup_policy_engine(config, env, total_steps)
+
+    step = 0
+    resume_from = checkpoint.find_resume_checkpoint(config.run_dir, train_cfg.resume)
+    if resume_from is not None:
+        step = checkpoint.load_checkpoint(engine, env, resume_from)["step"]
+    writer = MetricsWriter(config.run_dir, env.is_rank_zero, resume_step=step)
+    stop = StopFlag()
+    metrics: dict[str, float] = {}
+    progress = _progress_bar(env, total_steps, step)
+    try:
+        while step < total_steps:
+            started = time.perf_counter()
+            accumulator = StepAccumulator()
+            for rows in sampler.micro_batches(step, env.rank):
+                pairs = [data.pairs[i] for i in rows]
+                batch = collate(config, tokenizer, pairs)
+                # One forward for chosen (first half) and rejected (second half).
+                policy_logps = forward_logps(engine, batch, 2 * len(rows), env.device)
+                if reference_logps is not None:
+                    ref = reference_logps[rows].to(env.device)
+                    ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
+                else:
+                    with torch.no_grad():
+                        ref = forward_logps(reference_engine, batch, 2 * len(rows), env.device)
+                    ref_chosen, ref_rejected = ref[: len(rows)], ref[len(rows):]
+                policy_chosen, policy_rejected = policy_logps[: len(rows)], policy_logps[len(rows):]
+                losses, chosen_rewards, rejected_rewards = preference_loss(
+                    policy_chosen.float(), policy_rejected.float(), ref_chosen.float(), ref_rejected.float(),
+                    beta=train_cfg.beta, loss_type=train_cfg.loss_type, label_smoothing=train_cfg.label_smoothing,
+                )
+                engine.backward(losses.mean())  # DeepSpeed divides by the accumulation steps
+                engine.step()  # steps optimizer and scheduler only at the accumulation boundary
+                accumulator.add_batch(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected,
+                                      [p.system for p in pairs])
+                accumulator.add("tokens/real", sum(sum(p.lengths()) for p in pairs))
+                accumulator.add("tokens/slots", batch["input_ids"].numel())
+            accumulator.add("stop_requested", float(stop.requested))
+            step += 1
+
+            # Reduce once per step; every rank sees the same loss and the same stop decision.
+            metrics = accumulator.reduce()
+            if not math.isfinite(metrics["loss"]):
+                raise NonFiniteLossError(
+                    f"loss is {metrics['loss']} at step {step}; stopping without saving (last good checkpoint kept)"
+                )
+            elapsed = time.perf_counter() - started
+            metrics.update(
+                grad_norm=float(engine.get_global_grad_norm() or 0.0), lr=scheduler.get_last_lr()[0],
+                **{"tokens/s": metrics["tokens/real"] / elapsed, "step_time_s": elapsed,
+                   "peak_memory_gib": peak_memory_gib(env.device), "epoch": step / sampler.steps_per_epoch},
+            )
+            stop_now = metrics.pop("stop_requested")
+            writer.write(step, metrics)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+            if step % train_cfg.save_steps == 0 or step == total_steps or stop_now:
+                checkpoint.save_checkpoint(engine, env, config.run_dir, step, {"step": step},
+                                           train_cfg.keep_checkpoints)
+            if stop_now:
+                log.warning("stopped at step %d after a signal; resume with train.resume=auto", step)
+                break
+    finally:
+        progress.close()
+        writer.close()
+    return metrics
+
+
+def _progress_bar(env: DistEnv, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", disable=not env.is_rank_zero, dynamic_ncols=True)
+
