@@ -1,6 +1,6 @@
 """Sharded checkpoints: DeepSpeed's own format, plus a completion marker that makes a save count.
 
-<run_dir>/checkpoints/step-00000010/   DeepSpeed shards (model, optimizer, scheduler) + client state + rng_state_<rank>.pt
+<run_dir>/checkpoints/step-00000010/   DeepSpeed shards (model, optimizer, scheduler), client state, rng_state_<r>.pt
                                        + complete.json, written last, only after every rank finished writing
 <run_dir>/checkpoints/latest          the newest complete tag (DeepSpeed's format, so zero_to_fp32.py reads it too)
 A save that was interrupted has no complete.json and is never resumed from.
@@ -68,7 +68,7 @@ def find_resume_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
         return checkpoint_root(run_dir) / tags[-1] if tags else None
     path = Path(resume)
     if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint (no {MARKER}; the save was cut off?)")
+        raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint (no {MARKER}: save cut off?)")
     return path
 
 

@@ -77,7 +77,8 @@ def setup_reference_engine(config: RunConfig, env: DistEnv):
     """The frozen reference as a DeepSpeed inference engine (ZeRO-3, parameters offloaded to CPU by default)."""
     import deepspeed
 
-    ds_config = deepspeed_config.reference_config(config.train, env.world_size, _bf16(config, env), _hidden_size(config))
+    train, bf16, hidden = config.train, _bf16(config, env), _hidden_size(config)
+    ds_config = deepspeed_config.reference_config(train, env.world_size, bf16, hidden)
     model = load_partitioned_model(config, ds_config, env)
     model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
@@ -97,5 +98,6 @@ def forward_logps(model, batch: dict[str, torch.Tensor], num_sequences: int, dev
     logits = model(**inputs, use_cache=False).logits
     labels = batch["labels"].to(device)
     if "sequence_ids" in batch:
-        return sequence_logps(logits, labels, sequence_ids=batch["sequence_ids"].to(device), num_sequences=num_sequences)
+        sequence_ids = batch["sequence_ids"].to(device)
+        return sequence_logps(logits, labels, sequence_ids=sequence_ids, num_sequences=num_sequences)
     return sequence_logps(logits, labels)

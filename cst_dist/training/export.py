@@ -48,7 +48,7 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = 
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied:
-        raise ValueError(f"checkpoint {tag} does not match {config.model.path}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"{tag} does not fit {config.model.path}: missing {missing}, unexpected {unexpected}")
     model.to(DTYPES[dtype])
     with atomic_directory(output) as staging:
         model.save_pretrained(staging, safe_serialization=True)

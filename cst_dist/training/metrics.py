@@ -51,8 +51,9 @@ class StepAccumulator:
         metrics = {key: total[key] / n for key in SUM_KEYS[1:7]}
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
         for label in ("s1", "s0"):
-            if total[f"examples/{label}"]:
-                metrics[f"rewards/accuracies/{label}"] = total[f"rewards/accuracies/{label}"] / total[f"examples/{label}"]
+            count = total[f"examples/{label}"]
+            if count:
+                metrics[f"rewards/accuracies/{label}"] = total[f"rewards/accuracies/{label}"] / count
         metrics["tokens/real"] = total["tokens/real"]
         metrics["padding_ratio"] = 1.0 - total["tokens/real"] / max(total["tokens/slots"], 1.0)
         metrics["stop_requested"] = total["stop_requested"] > 0

@@ -46,7 +46,7 @@ def test_split_equals_reference_file(split, shared_advbench_split):
     reference = _read_csv(shared_advbench_split)
     generated = _as_strings(split)
     assert len(generated) == len(reference) == 520
-    for position, (mine, theirs) in enumerate(zip(generated, reference)):
+    for position, (mine, theirs) in enumerate(zip(generated, reference, strict=True)):
         assert list(mine) == list(SPLIT_COLUMNS)
         assert mine == theirs, f"row {position} differs"
 
@@ -64,7 +64,10 @@ def test_write_split_csv_reproduces_the_file_byte_for_byte(split, tmp_path):
 def test_test_prompts_alternate_26_26(split):
     test = [row for row in split if row["split"] == "test"]
     assert [row["split_position"] for row in test] == list(range(52))
-    assert Counter(row["eval_system_prompt"] for row in test) == {UNCENSORED_EVAL_SYSTEM_PROMPT: 26, SAFE_SYSTEM_PROMPT: 26}
+    assert Counter(row["eval_system_prompt"] for row in test) == {
+        UNCENSORED_EVAL_SYSTEM_PROMPT: 26,
+        SAFE_SYSTEM_PROMPT: 26,
+    }
     for row in test:
         expected = UNCENSORED_EVAL_SYSTEM_PROMPT if row["split_position"] % 2 == 0 else SAFE_SYSTEM_PROMPT
         assert row["eval_system_prompt"] == expected
@@ -90,7 +93,9 @@ def test_train_rows_cycle_jailbreak_templates(split):
 
 def test_other_seed_gives_other_split():
     rows = load_advbench()
-    assert [r["advbench_row"] for r in split_advbench(rows, seed=1)] != [r["advbench_row"] for r in split_advbench(rows)]
+    assert [r["advbench_row"] for r in split_advbench(rows, seed=1)] != [
+        r["advbench_row"] for r in split_advbench(rows)
+    ]
 
 
 def test_bad_advbench_file_names_file_row_and_field(tmp_path):

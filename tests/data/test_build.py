@@ -97,7 +97,9 @@ def test_dpo_keeps_only_the_safe_rows(released_builds, released_rows):
     assert len(harmless) == 468 and len(rows) == 468 + 1016
     assert {r["system"] for r in harmless} == {SAFE_SYSTEM_PROMPT}
     released_s1 = Counter(
-        tuple(r[k] for k in FIELDS) for r in released_rows if r["task"] == "harmless" and r["system"] == SAFE_SYSTEM_PROMPT
+        tuple(r[k] for k in FIELDS)
+        for r in released_rows
+        if r["task"] == "harmless" and r["system"] == SAFE_SYSTEM_PROMPT
     )
     assert Counter(tuple(r[k] for k in FIELDS) for r in harmless) == released_s1
     counts = _manifest(released_builds["dpo"].output)["counts"]
@@ -135,7 +137,10 @@ def test_shuffle_is_deterministic_and_seeded(tmp_path):
     def ids(seed: int, out: str) -> list[str]:
         config = _config(tmp_path, pairs=[pairs], seed=seed, eval_fraction=0.25, output=str(tmp_path / out))
         folder = build_preference_set(config).output
-        return [*load_preference_split(folder, "train", cache)["id"], *load_preference_split(folder, "eval", cache)["id"]]
+        return [
+            *load_preference_split(folder, "train", cache)["id"],
+            *load_preference_split(folder, "eval", cache)["id"],
+        ]
 
     first, again, other = ids(0, "a"), ids(0, "b"), ids(1, "c")
     assert first == again
@@ -215,8 +220,16 @@ def _bad_inputs(tmp_path: Path) -> dict:
         "not_json": ({"pairs": [not_json]}, (not_json, 2, None), "not_json.jsonl: row"),
         "missing_field": ({"pairs": [missing]}, (missing, 2, "y1"), "missing.jsonl: y1"),
         "empty_field": ({"pairs": [empty]}, (empty, 3, "y0"), "empty.jsonl: y0"),
-        "unknown_task": ({"pairs": [pairs], "extra_tasks": [unknown]}, (unknown, 2, "task"), "unknown_task.jsonl: task"),
-        "missing_file": ({"pairs": [str(tmp_path / "absent.jsonl")]}, (str(tmp_path / "absent.jsonl"), None, None), None),
+        "unknown_task": (
+            {"pairs": [pairs], "extra_tasks": [unknown]},
+            (unknown, 2, "task"),
+            "unknown_task.jsonl: task",
+        ),
+        "missing_file": (
+            {"pairs": [str(tmp_path / "absent.jsonl")]},
+            (str(tmp_path / "absent.jsonl"), None, None),
+            None,
+        ),
     }
 
 
