@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 
-from cst_dist.config import ConfigError, load_config, save_resolved_config
-from cst_dist.data.io import RecordError
+from cst_dist.config import load_config, save_resolved_config
+from cst_dist.errors import UserError
 
 STAGES = {
     "build": "pairs (+ released set, extra tasks) -> preference set (CST doubling or plain DPO)",
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         save_resolved_config(config)
         RUNNERS[args.stage](config)
-    except (ConfigError, RecordError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:
         print(f"cst {args.stage}: error: {error}", file=sys.stderr)
         return 2
     return 0

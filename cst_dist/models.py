@@ -16,6 +16,7 @@ import torch
 from cst_dist import prompts
 from cst_dist.config import ModelConfig, TinyModelConfig
 from cst_dist.data.io import atomic_directory
+from cst_dist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ CHATML_TEMPLATE = (
 TINY_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     pass
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from cst_dist.config import BuildConfig, RunConfig
+from cst_dist.config import BuildConfig, ConfigError, RunConfig
 from cst_dist.data.io import (
     RecordError,
     atomic_directory,
@@ -227,9 +227,9 @@ def _write_parquet(rows: list[dict[str, str]], path: Path) -> None:
 def _read_inputs(build: BuildConfig, skips: SkipCounter) -> _Inputs:
     if not build.pairs and not build.released:
         # build.extra_tasks alone would be a set without a single CST pair.
-        raise ValueError("cst build needs input: set build.pairs (pair files) and/or build.released (the paper's JSON)")
+        raise ConfigError("cst build needs input: set build.pairs (pair files) and/or build.released (paper's JSON)")
     if HARMLESS_TASK not in build.tasks:
-        raise ValueError(f"build.tasks must include {HARMLESS_TASK!r} (the task of the CST rows), got {build.tasks}")
+        raise ConfigError(f"build.tasks must include {HARMLESS_TASK!r} (the task of the CST rows), got {build.tasks}")
     inputs = _Inputs()
     for path in build.pairs:
         _read_pairs(str(path), build, skips, inputs)
@@ -246,7 +246,7 @@ def build_preference_set(config: RunConfig) -> BuildResult:
     inputs = _read_inputs(build, skips)
     rows = _expand(inputs, build.mode)
     if not rows:
-        raise ValueError("cst build: no valid rows left in the inputs (all skipped?)")
+        raise ConfigError("cst build: no valid rows left in the inputs (all skipped?)")
     splits = _split(rows, build.eval_fraction, build.seed)
     counts = _counts(splits, len(inputs.pairs))
     manifest = {

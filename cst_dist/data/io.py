@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cst_dist.errors import UserError
 
-class RecordError(ValueError):
+
+class RecordError(UserError, ValueError):
     """A bad input row. The message always names the file, the row (1-based line for JSONL) and the field."""
 
     def __init__(self, path: str | os.PathLike, row: int | None, field: str | None, message: str):

@@ -15,11 +15,12 @@ import numpy as np
 from cst_dist.config import RunConfig
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats
 from cst_dist.data.schemas import PREFERENCE_FIELDS
+from cst_dist.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class EmptyDataError(ValueError):
+class EmptyDataError(UserError, ValueError):
     pass
 
 

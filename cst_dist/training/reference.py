@@ -17,6 +17,7 @@ import torch.distributed as dist
 from cst_dist.config import RunConfig
 from cst_dist.data.collate import pack_batch, pad_batch
 from cst_dist.data.io import atomic_file, file_sha256
+from cst_dist.errors import UserError
 from cst_dist.training.data import TokenizedSet
 from cst_dist.training.distributed import DistEnv, barrier
 from cst_dist.training.engine import forward_logps, setup_reference_engine
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "reference_logps.pt"
 
 
-class ReferenceCacheMismatch(ValueError):
+class ReferenceCacheMismatch(UserError, ValueError):
     pass
 
 

@@ -11,6 +11,7 @@ import time
 import torch
 
 from cst_dist.config import RunConfig, save_resolved_config
+from cst_dist.errors import UserError
 from cst_dist.models import load_tokenizer
 from cst_dist.training import checkpoint
 from cst_dist.training.data import StepSampler, load_tokenized_set
@@ -24,7 +25,7 @@ from cst_dist.training.reference import collate, load_or_compute_cache
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     pass
 
 

@@ -8,6 +8,7 @@ packed vs padded, live vs precomputed reference (and so that the live reference 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cst_dist.training.reference import CACHE_NAME
 from tests.training.conftest import launch, read_metrics, train_overrides
 
 pytestmark = pytest.mark.distributed
@@ -29,11 +31,14 @@ INVARIANCE_RTOL = 1e-4
 def runs(tmp_path_factory, tiny_model_config, preference_dir):
     root = tmp_path_factory.mktemp("runs")
     model = tiny_model_config.path
-    out = {}
+    # A private copy of the data: the reference cache other tests may have made next to it must not be reused here.
+    data = root / "preference"
+    shutil.copytree(preference_dir, data, ignore=shutil.ignore_patterns(CACHE_NAME))
+    out = {"data": data}
 
     def run(name, nproc=2, nnodes=1, **extra):
         out[name] = root / name
-        out[name + "_log"] = launch(train_overrides(model, preference_dir, root / name, **extra), nproc, nnodes)
+        out[name + "_log"] = launch(train_overrides(model, data, root / name, **extra), nproc, nnodes)
 
     run("live_offload", **{"train.reference": "offload"})
     run("precomputed_packed", **{"train.reference": "precomputed"})
@@ -93,9 +98,9 @@ def test_packing_removes_padding(runs):
     assert (runs["padded_micro4_accum1_two_nodes"] / "checkpoints" / "step-00000006" / "complete.json").is_file()
 
 
-def test_sigterm_checkpoints_and_resume_reproduces_the_curve(runs, tiny_model_config, preference_dir):
+def test_sigterm_checkpoints_and_resume_reproduces_the_curve(runs, tiny_model_config):
     run_dir = runs["root"] / "interrupted"
-    overrides = train_overrides(tiny_model_config.path, preference_dir, run_dir,
+    overrides = train_overrides(tiny_model_config.path, runs["data"], run_dir,
                                 **{"train.reference": "precomputed", "train.learning_rate": 1e-3})
     (proc,) = launch(overrides, wait=False)
     metrics_file = run_dir / "metrics.jsonl"

@@ -1,0 +1,52 @@
+"""Export round trip: the HF folder `cst export` writes gives the trained engine's logits, and DeepSpeed's own
+zero_to_fp32.py consolidates the same checkpoint to the same weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from cst_dist.config import load_config
+from cst_dist.training.checkpoint import find_resume_checkpoint, load_checkpoint
+from cst_dist.training.distributed import setup_distributed
+from cst_dist.training.engine import setup_policy_engine
+from cst_dist.training.export import export_checkpoint
+from tests.training.test_training_units import cst_train, train_overrides
+
+
+def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, preference_dir):
+    run_dir = tmp_path / "run"
+    result = cst_train(train_overrides(tiny_model_config.path, preference_dir, run_dir,
+                                       **{"train.max_steps": 2, "train.reference": "precomputed"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = export_checkpoint(run_dir, dtype="float32")
+    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in exported.iterdir()}
+
+    # The trained ZeRO-3 engine, restored from the same checkpoint in this process (a world of one).
+    config = load_config(str(run_dir / "config.yaml"))
+    env = setup_distributed()
+    engine, _ = setup_policy_engine(config, env, total_steps=2)
+    load_checkpoint(engine, env, find_resume_checkpoint(run_dir, "auto"))
+    input_ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        engine_logits = engine(input_ids=input_ids).logits
+        hf_logits = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)(input_ids=input_ids).logits
+    torch.testing.assert_close(hf_logits, engine_logits, atol=1e-5, rtol=0)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_config.path, dtype=torch.float32)
+    with torch.no_grad():
+        assert (initial(input_ids=input_ids).logits - hf_logits).abs().max() > 1e-3  # training moved the model
+
+    consolidated = tmp_path / "zero_to_fp32"
+    subprocess.run([sys.executable, str(run_dir / "checkpoints" / "zero_to_fp32.py"), str(run_dir / "checkpoints"),
+                    str(consolidated), "--safe_serialization"], check=True, capture_output=True)
+    theirs = {}
+    for shard in consolidated.glob("*.safetensors"):
+        theirs.update(load_file(shard))
+    ours = load_file(exported / "model.safetensors")
+    assert theirs.keys() == ours.keys()
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name

@@ -1,0 +1,118 @@
+"""Trainer pieces that need no launcher: DeepSpeed config filling, the step sampler, checkpoint selection, and the
+errors `cst train` gives for bad input (run as the real CLI, one process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cst_dist.config import ConfigError, TrainConfig
+from cst_dist.training import deepspeed_config
+from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
+from cst_dist.training.data import StepSampler
+from tests.training.conftest import train_overrides
+
+
+def test_fill_auto_leaves_no_auto_and_derives_accumulation():
+    train = TrainConfig(global_batch_size=16, micro_batch_size=2, max_grad_norm=0.5)
+    config = deepspeed_config.policy_config(train, world_size=2, bf16=True, hidden_size=4096)
+    assert "auto" not in json.dumps(config)
+    assert (config["train_batch_size"], config["gradient_accumulation_steps"]) == (16, 4)
+    assert config["bf16"]["enabled"] is True and config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
+    offload = deepspeed_config.policy_config(train.model_copy(update={"optimizer_offload": True}), 2, False, 64)
+    assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+def test_reference_config_modes():
+    train = TrainConfig()
+    offload = deepspeed_config.reference_config(train, 1, False, 64)
+    assert offload["zero_optimization"]["offload_param"]["device"] == "cpu" and "gradient_clipping" not in offload
+    gpu = deepspeed_config.reference_config(train.model_copy(update={"reference": "gpu"}), 1, False, 64)
+    assert "offload_param" not in gpu["zero_optimization"]
+    replica = train.model_copy(update={"reference": "gpu", "reference_zero_stage": 0})
+    assert deepspeed_config.reference_config(replica, 1, False, 64)["zero_optimization"] == {"stage": 0}
+    with pytest.raises(ConfigError, match="train.reference_zero_stage=3"):
+        deepspeed_config.reference_config(train.model_copy(update={"reference_zero_stage": 0}), 1, False, 64)
+
+
+def test_global_batch_must_divide():
+    with pytest.raises(ConfigError, match=r"train.global_batch_size=8 is not divisible by train.micro_batch_size=3"):
+        deepspeed_config.gradient_accumulation_steps(TrainConfig(global_batch_size=8, micro_batch_size=3), 1)
+
+
+def test_sampler_same_global_batch_for_any_split():
+    one_rank = StepSampler(40, 8, 4, 1, seed=0)
+    two_ranks = StepSampler(40, 8, 1, 2, seed=0)
+    for step in range(7):  # crosses the epoch boundary (5 steps per epoch)
+        rows_a = sorted(i for mb in one_rank.micro_batches(step, 0) for i in mb)
+        rows_b = sorted(i for rank in (0, 1) for mb in two_ranks.micro_batches(step, rank) for i in mb)
+        assert rows_a == rows_b and len(rows_a) == 8
+    epoch0 = [i for s in range(5) for mb in one_rank.micro_batches(s, 0) for i in mb]
+    assert sorted(epoch0) == list(range(40))
+    assert one_rank.micro_batches(5, 0) != one_rank.micro_batches(0, 0)  # a new order each epoch
+
+
+def test_resume_auto_never_picks_an_interrupted_save(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, False)):
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        if complete:
+            (root / f"step-{step:08d}" / MARKER).write_text("{}")
+    assert find_resume_checkpoint(tmp_path, "auto") == root / "step-00000002"
+    assert find_resume_checkpoint(tmp_path, "never") is None
+    assert find_resume_checkpoint(tmp_path / "fresh", "auto") is None
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        find_resume_checkpoint(tmp_path, str(root / "step-00000004"))
+
+
+def cst_train(overrides: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    return subprocess.run([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_config, preference_dir):
+    model = tiny_model_config.path
+    # model.tiny=null: otherwise the preset would build its tiny model at the missing path, as the demo does
+    missing = train_overrides(str(tmp_path / "nope"), preference_dir, tmp_path / "a", **{"model.tiny": "null"})
+    assert_user_error(cst_train(missing), "does not exist", "model.path")
+    no_template = tmp_path / "no-template"
+    shutil.copytree(model, no_template)
+    (no_template / "chat_template.jinja").unlink()
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    assert_user_error(cst_train(train_overrides(str(no_template), preference_dir, tmp_path / "b")),
+                      "has no chat template")
+    empty = tmp_path / "empty"
+    (empty / "data").mkdir(parents=True)
+    assert_user_error(cst_train(train_overrides(model, empty, tmp_path / "c")), "no train split", "train.data")
+    assert_user_error(
+        cst_train(train_overrides(model, preference_dir, tmp_path / "d", **{"model.attn_implementation":
+                                                                             "flash_attention_2"})),
+        "flash_attention_2", "model.attn_implementation=sdpa")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_model_config, preference_dir):
+    run_dir = tmp_path / "diverged"
+    result = cst_train(train_overrides(tiny_model_config.path, preference_dir, run_dir, **{
+        "train.learning_rate": 1e30, "train.save_steps": 1, "train.reference": "precomputed"}))
+    assert_user_error(result, "loss is nan", "last good checkpoint kept")
+    latest = (run_dir / "checkpoints" / "latest").read_text()
+    assert latest != "" and (run_dir / "checkpoints" / latest / MARKER).is_file()
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert latest == f"step-{steps[-1]:08d}"  # the diverged step was neither logged nor saved
