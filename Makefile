@@ -21,6 +21,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cst build configs/tiny-cpu.yaml
+	$(VENV)/bin/cst train configs/tiny-cpu.yaml
+	$(VENV)/bin/cst export runs/tiny-cpu --dtype float32
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -73,7 +73,8 @@ def test_resume_auto_never_picks_an_interrupted_save(tmp_path):
 
 def cst_train(overrides: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by in-process tests
+        env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *overrides],
                           capture_output=True, text=True, env=env, timeout=300)
 
