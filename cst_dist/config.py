@@ -58,6 +58,9 @@ class DataConfig(StrictModel):
         "truncate", description="Rows longer than max_length: truncate (counted), skip (counted) or raise."
     )
     packing: bool = Field(True, description="Padding-free batches when the attention backend supports them.")
+    pack_row_tokens: int | None = Field(
+        None, gt=0, description="Cap on a packed row's tokens; default: none under flash-attn, max_length otherwise."
+    )
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> DataConfig:

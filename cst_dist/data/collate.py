@@ -138,37 +138,56 @@ def pad_batch(pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: i
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def pack_batch(pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """All 2B sequences of the batch concatenated into one row, with no padding between them.
+def pack_batch(
+    pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: int = 1, row_tokens: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The 2B sequences of the batch packed without padding between them, into rows of at most `row_tokens` tokens
+    (None: a single row). Sequences are placed longest first into the first row with room (first-fit decreasing).
 
-    Returns input_ids, labels, position_ids, sequence_ids: [1, N] (position ids restart at 0 for every sequence, which
-    is how flash-attn varlen and transformers' SDPA path find the sequence boundaries), cu_seqlens: [2B + 1] int32,
-    max_seqlen (int). Tail padding up to a multiple of `pad_to_multiple_of` forms its own sequence with masked labels.
+    Returns input_ids, labels, position_ids, sequence_ids: [R, W] (position ids restart at 0 for every sequence, which
+    is how flash-attn varlen and transformers' SDPA mask find the boundaries; sequence_ids index the 2B sequences),
+    cu_seqlens: int32 boundaries over the flattened rows, max_seqlen (int). Row tails are padding with masked labels.
+    Mask-based attention costs O(tokens x row length), so rows are capped there; flash-attn varlen needs no cap.
     """
     sequences = _sequences(pairs)
-    input_ids, labels, position_ids, sequence_ids, lengths = [], [], [], [], []
-    for index, (ids, prompt_length) in enumerate(sequences):
-        input_ids += ids
-        labels += _labels(ids, prompt_length)
-        position_ids += range(len(ids))
-        sequence_ids += [index] * len(ids)
-        lengths.append(len(ids))
-    tail = -len(input_ids) % pad_to_multiple_of
-    if tail:
-        input_ids += [pad_token_id] * tail
-        labels += [IGNORE_INDEX] * tail
-        position_ids += range(tail)
-        sequence_ids += [len(sequences) - 1] * tail  # labels are masked, so the id only has to be valid
-        lengths.append(tail)
+    capacity = max([row_tokens or 0] + [len(ids) for ids, _ in sequences]) if row_tokens else None
+    rows: list[list[int]] = []  # sequence indices per row
+    room: list[int] = []
+    for index in sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0])):
+        length = len(sequences[index][0])
+        target = next((r for r, free in enumerate(room) if capacity is None or free >= length), None)
+        if target is None:
+            rows.append([])
+            room.append(capacity or 0)
+            target = len(rows) - 1
+        rows[target].append(index)
+        room[target] -= length
+    width = max(sum(len(sequences[i][0]) for i in row) for row in rows)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    sequence_ids = torch.zeros(shape, dtype=torch.long)
+    lengths = []
+    for r, row in enumerate(rows):
+        offset = 0
+        for index in sorted(row):
+            ids, prompt_length = sequences[index]
+            span = slice(offset, offset + len(ids))
+            input_ids[r, span] = torch.tensor(ids)
+            labels[r, span] = torch.tensor(_labels(ids, prompt_length))
+            position_ids[r, span] = torch.arange(len(ids))
+            sequence_ids[r, span] = index
+            lengths.append(len(ids))
+            offset += len(ids)
+        if offset < width:  # the tail is one padding "sequence": its labels are masked, any valid id will do
+            position_ids[r, offset:] = torch.arange(width - offset)
+            lengths.append(width - offset)
     cu_seqlens = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
     return {
-        "input_ids": as_row(input_ids),
-        "labels": as_row(labels),
-        "position_ids": as_row(position_ids),
-        "sequence_ids": as_row(sequence_ids),
-        "cu_seqlens": cu_seqlens,
-        "max_seqlen": max(lengths),
+        "input_ids": input_ids, "labels": labels, "position_ids": position_ids, "sequence_ids": sequence_ids,
+        "cu_seqlens": cu_seqlens, "max_seqlen": max(lengths),
     }
 
 

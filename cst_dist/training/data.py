@@ -7,13 +7,15 @@ global step: resuming needs no iterator state, and 1 rank x accumulation 4 sees 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from cst_dist.config import RunConfig
-from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats
+from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
 from cst_dist.data.schemas import PREFERENCE_FIELDS
 from cst_dist.errors import UserError
 
@@ -55,6 +57,17 @@ def load_tokenized_set(config: RunConfig, tokenizer, split: str = "train") -> To
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
     log.info("tokenized %s: %s", folder, encoder.stats.summary())
     return TokenizedSet(pairs, ids, encoder.stats, folder)
+
+
+def make_collator(config: RunConfig, pad_token_id: int, attn_implementation: str) -> Callable[[list], dict]:
+    """Padded batches, or packed ones; packed rows are capped only for mask-based attention (SDPA, eager), whose cost
+    grows with the row length, while flash-attn varlen takes one row of any length at per-sequence cost."""
+    if not config.data.packing:
+        return partial(pad_batch, pad_token_id=pad_token_id)
+    row_tokens = config.data.pack_row_tokens
+    if row_tokens is None and attn_implementation != "flash_attention_2":
+        row_tokens = config.data.max_length
+    return partial(pack_batch, pad_token_id=pad_token_id, row_tokens=row_tokens)
 
 
 class StepSampler:

@@ -42,6 +42,12 @@ def setup_distributed() -> DistEnv:
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
+    if device.type == "cpu":
+        # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU ranks at start-up (a minute of gcc); gloo is
+        # enough for CPU runs, so the op is marked unavailable and never built.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)

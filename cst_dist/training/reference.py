@@ -15,10 +15,9 @@ import torch
 import torch.distributed as dist
 
 from cst_dist.config import RunConfig
-from cst_dist.data.collate import pack_batch, pad_batch
 from cst_dist.data.io import atomic_file, file_sha256
 from cst_dist.errors import UserError
-from cst_dist.training.data import TokenizedSet
+from cst_dist.training.data import TokenizedSet, make_collator
 from cst_dist.training.distributed import DistEnv, barrier
 from cst_dist.training.engine import forward_logps, setup_reference_engine
 
@@ -28,11 +27,6 @@ CACHE_NAME = "reference_logps.pt"
 
 class ReferenceCacheMismatch(UserError, ValueError):
     pass
-
-
-def collate(config: RunConfig, tokenizer, pairs):
-    collate_fn = pack_batch if config.data.packing else pad_batch
-    return collate_fn(pairs, tokenizer.pad_token_id)
 
 
 def cache_key_parts(config: RunConfig, tokenizer, data: TokenizedSet) -> dict[str, str]:
@@ -56,6 +50,7 @@ def compute_reference_logps(config: RunConfig, env: DistEnv, tokenizer, data: To
     ZeRO-3 needs every rank in every forward, so the last round repeats a batch on ranks that ran out of rows.
     """
     engine = engine or setup_reference_engine(config, env)
+    collate = make_collator(config, tokenizer.pad_token_id, engine.module.config._attn_implementation)
     size = config.train.micro_batch_size
     chunks = [list(range(i, min(i + size, len(data.pairs)))) for i in range(0, len(data.pairs), size)]
     rounds = -(-len(chunks) // env.world_size)
@@ -63,8 +58,8 @@ def compute_reference_logps(config: RunConfig, env: DistEnv, tokenizer, data: To
     for round_index in range(rounds):
         chunk_index = round_index * env.world_size + env.rank
         chunk = chunks[min(chunk_index, len(chunks) - 1)]
-        logps = forward_logps(engine, collate(config, tokenizer, [data.pairs[i] for i in chunk]), 2 * len(chunk),
-                              env.device).float().cpu()
+        batch = collate([data.pairs[i] for i in chunk])
+        logps = forward_logps(engine, batch, 2 * len(chunk), env.device).float().cpu()
         if chunk_index < len(chunks):
             for offset, row in enumerate(chunk):
                 results[row] = (logps[offset].item(), logps[len(chunk) + offset].item())

@@ -14,13 +14,13 @@ from cst_dist.config import RunConfig, save_resolved_config
 from cst_dist.errors import UserError
 from cst_dist.models import load_tokenizer
 from cst_dist.training import checkpoint
-from cst_dist.training.data import StepSampler, load_tokenized_set
+from cst_dist.training.data import StepSampler, load_tokenized_set, make_collator
 from cst_dist.training.deepspeed_config import gradient_accumulation_steps
 from cst_dist.training.distributed import DistEnv, setup_distributed
 from cst_dist.training.engine import forward_logps, setup_policy_engine, setup_reference_engine
 from cst_dist.training.losses import preference_loss
 from cst_dist.training.metrics import MetricsWriter, StepAccumulator
-from cst_dist.training.reference import collate, load_or_compute_cache
+from cst_dist.training.reference import load_or_compute_cache
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def train(config: RunConfig) -> dict[str, float]:
     else:
         reference_engine = setup_reference_engine(config, env)
     engine, scheduler = setup_policy_engine(config, env, total_steps)
+    collate = make_collator(config, tokenizer.pad_token_id, engine.module.config._attn_implementation)
 
     step = 0
     resume_from = checkpoint.find_resume_checkpoint(config.run_dir, train_cfg.resume)
@@ -87,7 +88,7 @@ def train(config: RunConfig) -> dict[str, float]:
             accumulator = StepAccumulator()
             for rows in sampler.micro_batches(step, env.rank):
                 pairs = [data.pairs[i] for i in rows]
-                batch = collate(config, tokenizer, pairs)
+                batch = collate(pairs)
                 # One forward for chosen (first half) and rejected (second half).
                 policy_logps = forward_logps(engine, batch, 2 * len(rows), env.device)
                 if reference_logps is not None:

@@ -97,11 +97,25 @@ def test_packed_batch_restarts_positions_and_removes_padding(tiny_tokenizer):
     assert padding_ratio(pairs, padded) > 0.1  # rows of unequal length: padding is real here
 
 
-def test_packed_and_padded_logps_agree_on_tiny_model(tiny_model_config, tiny_tokenizer):
+def test_packed_rows_respect_the_cap(tiny_tokenizer):
+    encoder = PairTokenizer(tiny_tokenizer, DataConfig())
+    pairs = [encoder.encode(row) for row in make_rows(4)]
+    longest = max(max(p.lengths()) for p in pairs)
+    packed = pack_batch(pairs, 0, row_tokens=2 * longest)
+    assert 1 < packed["input_ids"].shape[0] < 8 and packed["input_ids"].shape[1] <= 2 * longest
+    assert sorted(packed["sequence_ids"][packed["labels"] != IGNORE_INDEX].unique().tolist()) == list(range(8))
+    assert padding_ratio(pairs, packed) < padding_ratio(pairs, pad_batch(pairs, 0))
+
+
+@pytest.mark.parametrize("row_tokens", [None, 256])
+def test_packed_and_padded_logps_agree_on_tiny_model(tiny_model_config, tiny_tokenizer, row_tokens):
     model = load_model(tiny_model_config).eval()
     encoder = PairTokenizer(tiny_tokenizer, DataConfig())
     pairs = [encoder.encode(row) for row in make_rows(3)]
-    padded, packed = pad_batch(pairs, tiny_tokenizer.pad_token_id), pack_batch(pairs, tiny_tokenizer.pad_token_id, 8)
+    padded = pad_batch(pairs, tiny_tokenizer.pad_token_id)
+    packed = pack_batch(pairs, tiny_tokenizer.pad_token_id, 8, row_tokens=row_tokens)
+    rows = packed["input_ids"].shape[0]
+    assert rows == 1 if row_tokens is None else 1 < rows < 6
     with torch.no_grad():
         padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
         # use_cache=False: with a cache, transformers skips the block-diagonal mask it derives from position_ids
