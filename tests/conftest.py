@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from cst_dist.config import ModelConfig, TinyModelConfig
+from cst_dist.config import ModelConfig, RunConfig, TinyModelConfig
 
 # The paper's data lives in ../shared/data beside the checkout (never committed: it holds harmful outputs).
 SHARED_DATA = Path(os.environ.get("CST_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -43,3 +44,27 @@ def shared_advbench_split() -> Path:
     if not path.is_file():
         pytest.skip(f"the reference AdvBench split is absent ({path})")
     return path
+
+
+REFUSALS = [
+    "I can't help with that. It could hurt people and is against the law.",
+    "I won't provide that. If you are curious about safety, I can explain how to stay protected.",
+]
+
+
+@pytest.fixture(scope="session")
+def preference_dir(tmp_path_factory) -> Path:
+    """48 AdvBench prompts as pairs (y0: AdvBench's compliant target, y1: a refusal), built in CST mode: 96 rows."""
+    from cst_dist.data.advbench import load_advbench
+    from cst_dist.data.build import build_preference_set
+
+    root = tmp_path_factory.mktemp("data")
+    pairs = root / "pairs.jsonl"
+    with open(pairs, "w") as handle:
+        for index, row in enumerate(load_advbench()[:48]):
+            pair = {"id": f"adv-{index}", "prompt": row["goal"], "y0": row["target"] + ".", "y1": REFUSALS[index % 2]}
+            handle.write(json.dumps(pair) + "\n")
+    config = RunConfig.model_validate(
+        {"model": {"path": "unused"}, "build": {"pairs": [str(pairs)], "output": str(root / "preference")}}
+    )
+    return build_preference_set(config).output

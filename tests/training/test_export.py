@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from cst_dist.config import load_config
 from cst_dist.training.checkpoint import find_resume_checkpoint, load_checkpoint
 from cst_dist.training.distributed import setup_distributed
-from cst_dist.training.engine import setup_policy_engine
+from cst_dist.training.engine import setup_policy_engine, setup_reference_engine
 from cst_dist.training.export import export_checkpoint
 from tests.training.test_training_units import cst_train, train_overrides
 
@@ -39,6 +39,14 @@ def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, pre
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_config.path, dtype=torch.float32)
     with torch.no_grad():
         assert (initial(input_ids=input_ids).logits - hf_logits).abs().max() > 1e-3  # training moved the model
+
+    # The offloaded reference: a ZeRO-3 inference engine whose parameters are partitioned and live in CPU memory.
+    reference = setup_reference_engine(config.model_copy(update={"train": config.train.model_copy(
+        update={"reference": "offload"})}), env)
+    assert reference.zero_offload_param().device == "cpu"
+    params = list(reference.module.parameters())
+    assert params and all(p.ds_tensor.device.type == "cpu" and p.data.numel() == 0 for p in params)
+    assert not any(p.requires_grad for p in params)
 
     consolidated = tmp_path / "zero_to_fp32"
     subprocess.run([sys.executable, str(run_dir / "checkpoints" / "zero_to_fp32.py"), str(run_dir / "checkpoints"),

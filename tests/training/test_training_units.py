@@ -15,7 +15,7 @@ from cst_dist.config import ConfigError, TrainConfig
 from cst_dist.training import deepspeed_config
 from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
 from cst_dist.training.data import StepSampler
-from tests.training.conftest import train_overrides
+from tests.training.launch import train_overrides
 
 
 def test_fill_auto_leaves_no_auto_and_derives_accumulation():

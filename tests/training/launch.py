@@ -1,4 +1,4 @@
-"""Fixtures for trainer tests: a small preference set built by `cst build` from AdvBench, and a launcher helper."""
+"""Helpers for trainer tests: config overrides for short tiny runs, a torchrun launcher, the metrics reader."""
 
 from __future__ import annotations
 
@@ -8,37 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from cst_dist.config import RunConfig
-from cst_dist.data.advbench import load_advbench
-from cst_dist.data.build import build_preference_set
-
-REFUSALS = [
-    "I can't help with that. It could hurt people and is against the law.",
-    "I won't provide that. If you are curious about safety, I can explain how to stay protected.",
-]
-
-
-@pytest.fixture(scope="session")
-def preference_dir(tmp_path_factory) -> Path:
-    """48 AdvBench prompts as pairs (y0: AdvBench's compliant target, y1: a refusal), built in CST mode: 96 rows."""
-    root = tmp_path_factory.mktemp("data")
-    pairs = root / "pairs.jsonl"
-    with open(pairs, "w") as handle:
-        for index, row in enumerate(load_advbench()[:48]):
-            pair = {"id": f"adv-{index}", "prompt": row["goal"], "y0": row["target"] + ".", "y1": REFUSALS[index % 2]}
-            handle.write(json.dumps(pair) + "\n")
-    config = RunConfig.model_validate(
-        {"model": {"path": "unused"}, "build": {"pairs": [str(pairs)], "output": str(root / "preference")}}
-    )
-    return build_preference_set(config).output
-
 
 def train_overrides(model_path: str, data: Path, run_dir: Path, **extra) -> list[str]:
     base = {
         "model.path": model_path, "train.data": str(data), "run_dir": str(run_dir),
-        "data.max_length": 96, "data.max_prompt_length": 48,
+        "data.max_length": 96, "data.max_prompt_length": 48, "data.pack_row_tokens": 384,
         "train.learning_rate": 1e-3, "train.global_batch_size": 8, "train.micro_batch_size": 2,
         "train.max_steps": 6, "train.save_steps": 100, "train.warmup_ratio": 0.0,
     }
