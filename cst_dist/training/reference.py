@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from cst_dist.config import RunConfig
-from cst_dist.data.io import atomic_file, file_sha256
+from cst_dist.data.io import atomic_file, file_fingerprint, file_sha256
 from cst_dist.errors import UserError
 from cst_dist.training.data import TokenizedSet, make_collator
 from cst_dist.training.distributed import DistEnv, barrier
@@ -35,7 +35,7 @@ def cache_key_parts(config: RunConfig, tokenizer, data: TokenizedSet) -> dict[st
     return {
         "data": hashlib.sha256("".join(file_sha256(p) for p in sorted((data.source / "data").glob("*.parquet")))
                                .encode()).hexdigest(),
-        "reference": hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest(),
+        "reference": hashlib.sha256("".join(file_fingerprint(p) for p in weights).encode()).hexdigest(),
         "tokenization": hashlib.sha256(json.dumps(
             [config.data.model_dump(exclude={"packing"}), tokenizer.chat_template, len(tokenizer), config.model.dtype],
             sort_keys=True,

@@ -45,3 +45,18 @@ def test_read_rows_names_file_and_line(tmp_path):
     assert [e.row for e in skipped] == [3, 4] and "not valid JSON" in str(skipped[1])
     with pytest.raises(RecordError, match="missing.jsonl: file does not exist"):
         list(read_rows(tmp_path / "missing.jsonl"))
+
+
+def test_file_fingerprint_sees_changes_in_large_files(tmp_path):
+    from cst_dist.data.io import file_fingerprint, file_sha256
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"abc")
+    assert file_fingerprint(small) == file_sha256(small)
+    big = tmp_path / "big.bin"
+    payload = bytearray(range(256)) * (4096 * 5)  # 5 MiB
+    big.write_bytes(payload)
+    before = file_fingerprint(big, blocks=4, block_size=1 << 16)
+    payload[1 :: 1 << 12] = bytes(len(payload[1 :: 1 << 12]))  # a fine-tune changes bytes in every block
+    big.write_bytes(payload)
+    assert file_fingerprint(big, blocks=4, block_size=1 << 16) != before
