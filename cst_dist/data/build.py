@@ -232,7 +232,10 @@ def _read_inputs(build: BuildConfig, skips: SkipCounter) -> _Inputs:
         raise ConfigError(f"build.tasks must include {HARMLESS_TASK!r} (the task of the CST rows), got {build.tasks}")
     inputs = _Inputs()
     for path in build.pairs:
-        _read_pairs(str(path), build, skips, inputs)
+        # A folder is a `cst generate` output: its shard files, in shard order.
+        files = sorted(Path(path).glob("shard-*.jsonl")) if Path(path).is_dir() else [path]
+        for file in files:
+            _read_pairs(str(file), build, skips, inputs)
     if build.released:
         _read_released(str(build.released), build, skips, inputs)
     for path in build.extra_tasks:

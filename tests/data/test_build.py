@@ -169,6 +169,16 @@ def test_pairs_become_two_opposite_rows(tmp_path):
     assert sorted(r["id"] for r in _rows(dpo.output)) == ["p0-s1", "p1-s1", "p2-s1"]
 
 
+def test_a_generate_output_folder_is_read_shard_by_shard(tmp_path):
+    folder = tmp_path / "pairs"
+    (folder / "rejects").mkdir(parents=True)
+    _jsonl(folder / "shard-00000.jsonl", [dict(p, critique="c", template_index=0) for p in _pairs(2, "a")])
+    _jsonl(folder / "shard-00001.jsonl", _pairs(1, "b"))
+    _jsonl(folder / "rejects" / "shard-00000.jsonl", _pairs(1, "rejected"))  # never read as pairs
+    result = build_preference_set(_config(tmp_path, pairs=[str(folder)]))
+    assert sorted(r["id"] for r in _rows(result.output)) == ["a0-s0", "a0-s1", "a1-s0", "a1-s1", "b0-s0", "b0-s1"]
+
+
 def test_extra_tasks_are_mixed_in_unchanged(tmp_path):
     pairs = _jsonl(tmp_path / "pairs.jsonl", _pairs(2))
     extra_rows = [
