@@ -11,6 +11,7 @@ from cst_dist.config import load_config, save_resolved_config
 from cst_dist.errors import UserError
 
 STAGES = {
+    "generate": "prompts -> preference pairs by self-critique (answer, critique, revision) on Ray actors",
     "build": "pairs (+ released set, extra tasks) -> preference set (CST doubling or plain DPO)",
     "train": "preference set -> policy checkpoints (full-parameter DPO under DeepSpeed ZeRO-3)",
 }
@@ -41,7 +42,16 @@ def run_train(config) -> None:
         print(f"trained to loss {metrics['loss']:.4f}; run folder {config.run_dir} (checkpoints/, metrics.jsonl)")
 
 
-RUNNERS = {"build": run_build, "train": run_train}
+def run_generate(config) -> None:
+    from cst_dist.generation.farm import run_farm
+
+    summary = run_farm(config)
+    state = "complete" if summary.complete else "incomplete: run the same command again to resume"
+    print(f"{summary.pairs} pairs and {summary.rejects} rejects in {summary.output} ({state}); this run generated "
+          f"{summary.shards_generated} of {summary.shards_total} shards, {summary.generated_tokens} tokens")
+
+
+RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

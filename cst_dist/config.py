@@ -89,6 +89,44 @@ class BuildConfig(StrictModel):
     output: str | None = Field(None, description="Default: <run_dir>/preference.")
 
 
+class SamplingConfig(StrictModel):
+    """Decoding settings of one generate call; `seed` seeds the sampler before the call (shards derive their own)."""
+
+    temperature: float = Field(0.7, ge=0.0, description="0 = greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, gt=0, description="Per turn (answer, critique, revision).")
+    seed: int = Field(0, description="Base seed; shard k samples with hash(seed, k), so a resumed run repeats exactly.")
+
+
+class GenerateConfig(StrictModel):
+    """`cst generate`: prompts -> self-critique pairs (id, prompt, y0, critique, y1, ...) on a Ray farm of replicas."""
+
+    prompts: str | None = Field(
+        None, description="JSONL/JSON/CSV of `id, prompt`; default: the vendored AdvBench train split (468 prompts)."
+    )
+    max_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts (smoke runs, tests).")
+    templates: str | None = Field(
+        None, description="JSON list of jailbreak templates with `{prompt}`; default: prompts are used as they are."
+    )
+    system_prompt: str | None = Field(None, description="System prompt of the generating conversation (optional).")
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers batched generate; vllm if installed.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batch_size: int = Field(16, gt=0, description="Conversations per generate call (HF engine), bucketed by length.")
+    shard_size: int = Field(32, gt=0, description="Prompts per shard (the unit of work, retry and resume).")
+    num_replicas: int | None = Field(
+        None, gt=0, description="Model replicas (Ray actors); default: GPUs // gpus_per_replica, or 1 without GPUs."
+    )
+    gpus_per_replica: int | None = Field(
+        None, ge=0, description="GPUs per replica; default 1 if the cluster has GPUs, else 0 (CPU actors)."
+    )
+    cpus_per_replica: int = Field(1, gt=0, description="CPU cores per replica (torch threads on CPU).")
+    max_retries: int = Field(2, ge=0, description="Re-runs of a shard whose actor died, before the run fails.")
+    max_shards: int | None = Field(None, gt=0, description="Stop after this many new shards (rerun to resume).")
+    save_conversations: bool = Field(False, description="Also write every conversation sent to the engine.")
+    connect_timeout_s: float = Field(30.0, gt=0.0, description="Bound on reaching RAY_ADDRESS and placing actors.")
+    output: str | None = Field(None, description="Default: <run_dir>/pairs.")
+
+
 class TrainConfig(StrictModel):
     """Full-parameter CST-DPO. Defaults follow the paper's reference settings (DESIGN.md)."""
 
@@ -130,12 +168,17 @@ class RunConfig(StrictModel):
     run_dir: str = "runs/default"
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @property
     def preference_dir(self) -> Path:
         return Path(self.build.output or Path(self.run_dir) / "preference")
+
+    @property
+    def pairs_dir(self) -> Path:
+        return Path(self.generate.output or Path(self.run_dir) / "pairs")
 
     @property
     def train_data_dir(self) -> Path:

@@ -1,0 +1,121 @@
+"""Ray for `cst generate`: join the cluster at RAY_ADDRESS or start a local one, size the replicas, place them.
+
+On Slurm (or any cluster) `ray start --head` / `ray start --address` run first and the driver joins through
+RAY_ADDRESS; without it a local instance is started and shut down again. A replica that needs several GPUs gets a
+placement group of one STRICT_PACK bundle: the GPUs sit on one node, the wait for them is bounded, and a replacement
+actor reuses the same reserved bundle, so no other job takes the GPUs while a shard is retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cst_dist.config import GenerateConfig
+from cst_dist.generation.store import GenerationError
+
+log = logging.getLogger(__name__)
+DEFAULT_GCS_PORT = 6379
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """A TCP connection to the head's GCS port, bounded: `ray.init` itself retries for minutes on a dead address."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", str(DEFAULT_GCS_PORT))
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise GenerationError(
+            f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} within {timeout_s:g}s ({exc}); start it with "
+            "`ray start --head` (and `ray start --address=HEAD:6379` on the other nodes), or unset RAY_ADDRESS to run "
+            "on a local Ray instance"
+        ) from None
+
+
+@contextlib.contextmanager
+def ray_session(timeout_s: float) -> Iterator[str]:
+    """Yields where the run executes: an already connected driver, the cluster at RAY_ADDRESS, or a local instance
+    (started here, shut down on exit)."""
+    import ray
+
+    if ray.is_initialized():  # a caller (tests, a notebook) already connected: use it and leave it running
+        yield "existing Ray connection"
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "auto":
+        check_reachable(address, timeout_s)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=True)
+    except ConnectionError as exc:
+        raise GenerationError(f"cannot connect to Ray (RAY_ADDRESS={address!r}): {exc}") from None
+    try:
+        yield f"Ray cluster at {address}" if address else "local Ray instance"
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How many model replicas (actors) run, and what each one holds."""
+
+    replicas: int
+    gpus: int
+    cpus: int
+
+
+def replica_layout(generate: GenerateConfig, resources: dict[str, float]) -> Layout:
+    """One replica per GPU (or per group of `gpus_per_replica` GPUs); one CPU replica without GPUs. Asking for more
+    than the cluster has is an error here, not an actor that waits forever for resources."""
+    total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    gpus = generate.gpus_per_replica if generate.gpus_per_replica is not None else (1 if total_gpus else 0)
+    if gpus > total_gpus:
+        raise GenerationError(f"generate.gpus_per_replica={gpus} but the Ray cluster has {total_gpus} GPUs")
+    replicas = generate.num_replicas or (total_gpus // gpus if gpus else 1)
+    need_gpus, need_cpus = replicas * gpus, replicas * generate.cpus_per_replica
+    if need_gpus > total_gpus or need_cpus > total_cpus:
+        raise GenerationError(
+            f"generate.num_replicas={replicas} needs {need_gpus} GPUs and {need_cpus} CPUs; the Ray cluster has "
+            f"{total_gpus} GPUs and {total_cpus} CPUs (lower generate.num_replicas or generate.cpus_per_replica)"
+        )
+    return Layout(replicas, gpus, generate.cpus_per_replica)
+
+
+def reserve_replica(layout: Layout, timeout_s: float) -> Any | None:
+    """A ready placement group for one multi-GPU replica, or None when the replica has at most one GPU."""
+    if layout.gpus <= 1:
+        return None
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": layout.cpus, "GPU": layout.gpus}], strategy="STRICT_PACK")
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise GenerationError(
+            f"no node had {layout.gpus} free GPUs for a replica within {timeout_s:g}s (generate.gpus_per_replica; "
+            "a replica's GPUs must sit on one node)"
+        ) from None
+    return group
+
+
+def actor_options(layout: Layout, name: str, group: Any | None) -> dict[str, Any]:
+    """`.options(...)` of one replica actor: its GPUs and CPUs, inside its placement group if it has one."""
+    options: dict[str, Any] = {"num_cpus": layout.cpus, "num_gpus": layout.gpus, "name": name, "max_restarts": 0}
+    if group is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # Child tasks (vLLM's tensor-parallel workers, if any) stay inside the replica's reservation.
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
+    return options
