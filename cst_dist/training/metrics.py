@@ -19,6 +19,8 @@ SUM_KEYS = (
     "examples/s1", "rewards/accuracies/s1", "examples/s0", "rewards/accuracies/s0",
     "tokens/real", "tokens/slots", "stop_requested",
 )
+# Per-example sums that become means over all ranks' examples.
+MEAN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected")
 SYSTEM_LABELS = {prompts.SAFE_SYSTEM_PROMPT: "s1", prompts.UNCENSORED_SYSTEM_PROMPT: "s0"}
 
 
@@ -48,7 +50,7 @@ class StepAccumulator:
         """All-reduce the sums and turn them into means over the examples of all ranks."""
         total = dict(zip(SUM_KEYS, all_reduce_sum(self.sums.clone()).tolist(), strict=True))
         n = max(total["examples"], 1.0)
-        metrics = {key: total[key] / n for key in SUM_KEYS[1:7]}
+        metrics = {key: total[key] / n for key in MEAN_KEYS}
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
         for label in ("s1", "s0"):
             count = total[f"examples/{label}"]
