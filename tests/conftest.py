@@ -30,20 +30,22 @@ def tiny_tokenizer(tiny_model_config):
     return load_tokenizer(tiny_model_config)
 
 
+def shared_file(name: str, what: str) -> Path:
+    """A file of ../shared/data, or a visible skip naming what is missing."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{what} is absent ({path}); see README 'Data'")
+    return path
+
+
 @pytest.fixture(scope="session")
 def released_json() -> Path:
-    path = SHARED_DATA / "configurable-system-prompt-multitask.json"
-    if not path.is_file():
-        pytest.skip(f"the paper's released training set is absent ({path}); see README 'Data'")
-    return path
+    return shared_file("configurable-system-prompt-multitask.json", "the paper's released training set")
 
 
 @pytest.fixture(scope="session")
 def shared_advbench_split() -> Path:
-    path = SHARED_DATA / "advbench_cst_split.csv"
-    if not path.is_file():
-        pytest.skip(f"the reference AdvBench split is absent ({path})")
-    return path
+    return shared_file("advbench_cst_split.csv", "the reference AdvBench split")
 
 
 REFUSALS = [
