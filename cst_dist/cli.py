@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from cst_dist.config import load_config, save_resolved_config
+from cst_dist.config import load_config
 from cst_dist.errors import UserError
 
 STAGES = {
@@ -37,9 +37,17 @@ def run_build(config) -> None:
 def run_train(config) -> None:
     from cst_dist.training.trainer import train
 
-    metrics = train(config)
-    if metrics:
-        print(f"trained to loss {metrics['loss']:.4f}; run folder {config.run_dir} (checkpoints/, metrics.jsonl)")
+    result = train(config)
+    if os.environ.get("RANK", "0") != "0":  # one closing line per run, not one per rank
+        return
+    loss = f", loss {result.metrics['loss']:.4f}" if result.metrics else ""
+    where = f"TensorBoard: tensorboard --logdir {config.run_dir}/tensorboard"
+    if result.stopped_by_signal:
+        print(f"stopped by a signal at step {result.step}/{result.total_steps}{loss}; checkpoint saved. Continue with "
+              f"the same command and train.resume=auto. {where}")
+    else:
+        print(f"finished: step {result.step}/{result.total_steps}{loss}; checkpoints in {config.run_dir}/checkpoints. "
+              f"{where}; export: cst export {config.run_dir}")
 
 
 def run_generate(config) -> None:
@@ -56,6 +64,7 @@ RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cst", description="Configurable Safety Tuning at cluster scale")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also: CST_DEBUG=1)")
     commands = parser.add_subparsers(dest="stage", required=True)
     for stage, help_text in STAGES.items():
         command = commands.add_parser(stage, help=help_text, description=help_text)
@@ -66,23 +75,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--tag", help="checkpoint tag (default: the latest complete one)")
     export.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     export.add_argument("--output", help="default: RUN_DIR/export/TAG")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in the output folder")
     return parser.parse_args(argv)
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line: OS errors name their path; long messages keep their first line."""
+    if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    debug = args.debug or os.environ.get("CST_DEBUG") == "1"
     setup_logging()
     try:
         if args.stage == "export":
             from cst_dist.training.export import export_checkpoint
 
-            print(f"exported to {export_checkpoint(args.run_dir, args.tag, args.dtype, args.output)}")
+            print(f"exported to {export_checkpoint(args.run_dir, args.tag, args.dtype, args.output, args.overwrite)}")
             return 0
+        # The config is only read here; each stage records it in its own outputs once it has started.
         config = load_config(args.config, args.overrides)
-        save_resolved_config(config)
         RUNNERS[args.stage](config)
-    except (UserError, FileNotFoundError) as error:
-        print(f"cst {args.stage}: error: {error}", file=sys.stderr)
+    except (UserError, OSError) as error:  # bad input, a missing path, a read-only or full disk: fixable by the user
+        if debug:
+            raise
+        print(f"cst {args.stage}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

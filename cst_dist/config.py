@@ -1,17 +1,21 @@
 """Typed configuration for every stage: YAML presets plus dotted command-line overrides.
 
 One home for defaults. `load_config("configs/tiny-cpu.yaml", ["train.beta=0.05"])` reads the preset, applies the
-overrides and validates the result; an unknown key or a wrong type is an error that names the key.
+overrides and validates the result; an unknown key or a wrong type is an error that names the key. A run's stored
+config (`<run_dir>/config.yaml`, and one in every checkpoint) is read back with `load_run_config`, which resolves its
+relative paths against the folder the run was started from, so `cst export` works from any directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cst_dist.data.io import write_text_atomic
 from cst_dist.errors import UserError
@@ -87,6 +91,12 @@ class BuildConfig(StrictModel):
     seed: int = 0
     on_bad_row: Literal["error", "skip"] = "error"
     output: str | None = Field(None, description="Default: <run_dir>/preference.")
+    overwrite: bool = Field(
+        False, description="Replace an earlier `cst build` output in build.output (other non-empty folders: refused)."
+    )
+    allow_incomplete_pairs: bool = Field(
+        False, description="Build from a `cst generate` output folder whose run has not finished all its shards."
+    )
 
 
 class SamplingConfig(StrictModel):
@@ -124,11 +134,18 @@ class GenerateConfig(StrictModel):
     max_shards: int | None = Field(None, gt=0, description="Stop after this many new shards (rerun to resume).")
     save_conversations: bool = Field(False, description="Also write every conversation sent to the engine.")
     connect_timeout_s: float = Field(30.0, gt=0.0, description="Bound on reaching RAY_ADDRESS and placing actors.")
+    over_length: Literal["skip", "error"] = Field(
+        "skip",
+        description="A prompt whose three turns may not fit the model's context: skip (it goes to its shard's rejects "
+        "as 'prompt too long', counted in the manifest) or error (the run stops naming the prompt). A prompt fits "
+        "when its final conversation (turn-1 messages, both requests, empty answers) plus 3 x max_new_tokens fits: "
+        "the two earlier answers and the revision, each at most max_new_tokens.",
+    )
     output: str | None = Field(None, description="Default: <run_dir>/pairs.")
 
 
 class TrainConfig(StrictModel):
-    """Full-parameter CST-DPO. Defaults follow the paper's reference settings (DESIGN.md)."""
+    """Full-parameter CST-DPO. Defaults follow the paper's reference settings (arXiv 2404.00495; README "Train")."""
 
     data: str | None = Field(None, description="Preference set folder; default: <run_dir>/preference.")
     beta: float = Field(0.1, gt=0.0)
@@ -153,7 +170,25 @@ class TrainConfig(StrictModel):
     save_steps: int = Field(100, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     log_steps: int = Field(1, gt=0)
-    resume: str = Field("never", description="never | auto | path to a checkpoint folder.")
+    resume: str = Field(
+        "never", description="never | auto (the newest complete checkpoint of this same run) | a checkpoint folder."
+    )
+    overwrite: bool = Field(
+        False, description="Start afresh in a run_dir that holds another run: its checkpoints and metrics are deleted."
+    )
+    reference_cache: str | None = Field(
+        None, description="Precomputed reference log-probs file; default: <run_dir>/reference_logps.safetensors."
+    )
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_value(cls, value: str) -> str:
+        # Checked here, before any model or data loads: a typo must not cost a 7B model load.
+        if value in ("never", "auto"):
+            return value
+        if not value.strip() or value.strip().lower() in ("none", "false", "true", "latest", "yes", "no"):
+            raise ValueError(f"must be 'never', 'auto' or a checkpoint folder, got {value!r}")
+        return os.path.expanduser(value)
 
     @model_validator(mode="after")
     def _smoothing_supported(self) -> TrainConfig:
@@ -172,6 +207,18 @@ class RunConfig(StrictModel):
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _expand_home(self) -> RunConfig:
+        # The shell does not expand `~` inside `key=~/x`: without this, run_dir=~/x makes a folder named `~`.
+        for section, key in PATH_KEYS:
+            owner = self if section is None else getattr(self, section)
+            value = getattr(owner, key)
+            if isinstance(value, str) and value.startswith("~"):
+                object.__setattr__(owner, key, os.path.expanduser(value))
+            elif isinstance(value, list):
+                object.__setattr__(owner, key, [os.path.expanduser(v) for v in value])
+        return self
+
     @property
     def preference_dir(self) -> Path:
         return Path(self.build.output or Path(self.run_dir) / "preference")
@@ -183,6 +230,46 @@ class RunConfig(StrictModel):
     @property
     def train_data_dir(self) -> Path:
         return Path(self.train.data) if self.train.data else self.preference_dir
+
+
+# Every setting that names a file or folder: `~` is expanded, and `load_run_config` resolves them against the run root.
+PATH_KEYS = (
+    (None, "run_dir"), ("model", "path"), ("generate", "prompts"), ("generate", "templates"), ("generate", "output"),
+    ("build", "pairs"), ("build", "released"), ("build", "extra_tasks"), ("build", "output"), ("train", "data"),
+    ("train", "reference_cache"),
+)
+# Train settings that do not change the trajectory: a run resumed with another value is still the same run.
+OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache")
+
+
+def training_identity(config: RunConfig, data_fingerprint: str) -> dict[str, Any]:
+    """The settings that decide a training run's trajectory; one run folder holds checkpoints of one identity.
+
+    The preference set enters by its content fingerprint, not its path, so moving the data keeps the identity.
+    """
+    identity = config.model_dump(mode="json", include={"model", "data", "train"})
+    identity["model"]["path"] = str(Path(config.model.path).resolve())  # `models/x` and `/abs/models/x` are one model
+    for key in OPERATIONAL_TRAIN_KEYS + ("data",):
+        identity["train"].pop(key, None)
+    identity["train_data_fingerprint"] = data_fingerprint
+    return identity
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identities (for an error that names what changed)."""
+    keys = sorted(set(old) | set(new))
+    differences = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += identity_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return differences
 
 
 def resolve_preset(name_or_path: str) -> Path:
@@ -213,12 +300,12 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    problems = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {message}")
+    return f"invalid config ({source}): " + "; ".join(problems)
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -243,3 +330,29 @@ def save_resolved_config(config: RunConfig, run_dir: str | os.PathLike | None = 
     target = Path(run_dir or config.run_dir) / "config.yaml"
     write_text_atomic(target, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return target
+
+
+def run_root(run_dir: str | os.PathLike, stored_run_dir: str) -> Path:
+    """The folder a run was started from: the stored `run_dir` is relative to it, so it is `run_dir` with the stored
+    relative path taken off its end (`/x/runs/a` for `runs/a` gives `/x`). An absolute stored path: the current dir."""
+    actual, stored = Path(run_dir).resolve(), Path(stored_run_dir)
+    if stored.is_absolute() or not stored.parts:
+        return Path.cwd()
+    if actual.parts[-len(stored.parts):] == stored.parts:
+        return Path(*actual.parts[: -len(stored.parts)])
+    return actual.parent  # the run folder was renamed: its parent is the best guess
+
+
+def load_run_config(config_file: str | os.PathLike, run_dir: str | os.PathLike) -> RunConfig:
+    """A run's stored config with `run_dir` set to where the run is now and relative paths made absolute against the
+    run's root, so the stored config works from any directory (export, eval)."""
+    config = load_config(str(config_file))
+    root = run_root(run_dir, config.run_dir)
+    absolute = lambda value: value if value is None or Path(value).is_absolute() else str(root / value)
+    for section, key in PATH_KEYS:
+        owner = config if section is None else getattr(config, section)
+        value = getattr(owner, key)
+        value = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+        object.__setattr__(owner, key, value)
+    object.__setattr__(config, "run_dir", str(Path(run_dir).resolve()))
+    return config

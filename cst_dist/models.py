@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -97,16 +98,30 @@ def build_tiny_model(path: str | Path, config: TinyModelConfig) -> Path:
     return Path(path)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
 def ensure_model(config: ModelConfig) -> Path:
-    """The model folder, built first if it is missing and the config describes a tiny model."""
+    """The model folder, built first if it is missing and the config describes a tiny model; its config.json checked."""
     path = Path(config.path)
     if not path.exists() and config.tiny is not None:
+        # Loud: a typo in model.path must not pass unnoticed as a freshly initialised random model.
+        log.warning("model.path %s does not exist: building a NEW RANDOM tiny model there (model.tiny is set; set "
+                    "model.tiny=null to use only existing models)", path)
         build_tiny_model(path, config.tiny)
     if not (path / "config.json").is_file():
         raise ModelLoadError(
-            f"model folder {str(path)!r} (model.path) does not exist or has no config.json; "
-            "point model.path at a local Hugging Face model folder"
+            f"model folder {str(path)!r} (model.path) does not exist or has no config.json; point model.path at a "
+            "local Hugging Face model folder (nothing is downloaded: fetch it first, e.g. `huggingface-cli download "
+            "ORG/NAME --local-dir DIR`)"
         )
+    try:
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ModelLoadError(f"{path / 'config.json'} (model.path) is not a valid JSON object: {exc}") from None
+    if not model_type:
+        raise ModelLoadError(f"{path / 'config.json'} (model.path) has no 'model_type'; is it a model's config?")
     return path
 
 
@@ -114,7 +129,16 @@ def load_tokenizer(config: ModelConfig):
     from transformers import AutoTokenizer
 
     path = ensure_model(config)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model folder {str(path)!r} (model.path) has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            "copy the tokenizer of the model into the folder"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code,
+                                                  local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer in {str(path)!r} (model.path): {_first_line(exc)}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(
             f"tokenizer in {str(path)!r} (model.path) has no chat template; add one (chat_template.jinja) to the folder"
@@ -123,6 +147,22 @@ def load_tokenizer(config: ModelConfig):
         # Pad ids never reach the loss (labels are masked) nor attention (masked or packed away).
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_model_config(config: ModelConfig):
+    """The transformers config of the model folder (no weights read)."""
+    from transformers import AutoConfig
+
+    path = ensure_model(config)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path / 'config.json'} (model.path): {_first_line(exc)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def select_attn_implementation(requested: str, device: torch.device | str = "cpu") -> str:
@@ -149,16 +189,25 @@ def load_model(config: ModelConfig, device: torch.device | str = "cpu", **kwargs
     from transformers import AutoModelForCausalLM
 
     path = ensure_model(config)
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ModelLoadError(
+            f"model folder {str(path)!r} (model.path) has no weights ({' or '.join(WEIGHT_PATTERNS)}); copy the "
+            "model's weight files into it"
+        )
     attn = select_attn_implementation(config.attn_implementation, device)
     log.info("attention backend: %s", attn)
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=select_dtype(config.dtype, device),
-        attn_implementation=attn,
-        trust_remote_code=config.trust_remote_code,
-        use_safetensors=any(path.glob("*.safetensors")) or None,
-        **kwargs,
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=select_dtype(config.dtype, device),
+            attn_implementation=attn,
+            trust_remote_code=config.trust_remote_code,
+            use_safetensors=any(path.glob("*.safetensors")) or None,
+            local_files_only=True,
+            **kwargs,
+        )
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot load the model in {str(path)!r} (model.path): {_first_line(exc)}") from None
 
 
 def supports_system_role(tokenizer) -> bool:

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from cst_dist.config import RunConfig
-from cst_dist.models import load_model, select_dtype
+from cst_dist.models import load_model, load_model_config, select_dtype
 from cst_dist.training import deepspeed_config
 from cst_dist.training.distributed import DistEnv
 from cst_dist.training.losses import sequence_logps
@@ -45,9 +45,7 @@ def _bf16(config: RunConfig, env: DistEnv) -> bool:
 
 
 def _hidden_size(config: RunConfig) -> int:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(config.model.path, trust_remote_code=config.model.trust_remote_code).hidden_size
+    return load_model_config(config.model).hidden_size
 
 
 def setup_policy_engine(config: RunConfig, env: DistEnv, total_steps: int):

@@ -6,11 +6,13 @@ Names follow TRL/torchtune (`rewards/chosen`, `rewards/margins`, ...) so dashboa
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from cst_dist import prompts
+from cst_dist.data.io import write_text_atomic
 from cst_dist.training.distributed import all_reduce_sum
 
 # Sums accumulated over the micro-batches of one step, in this order, reduced in a single collective.
@@ -21,7 +23,29 @@ SUM_KEYS = (
 )
 # Per-example sums that become means over all ranks' examples.
 MEAN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected")
+log = logging.getLogger(__name__)
 SYSTEM_LABELS = {prompts.SAFE_SYSTEM_PROMPT: "s1", prompts.UNCENSORED_SYSTEM_PROMPT: "s0"}
+
+
+def read_metrics_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line, parsed row) of every complete line of a metrics.jsonl; torn or garbled lines are counted and dropped."""
+    if not path.is_file():
+        return []
+    rows, dropped = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append((line, row))
+        else:
+            dropped += 1
+    if dropped:
+        log.warning("%s: dropped %d torn or unreadable line(s) (a killed run or a full disk); kept %d", path, dropped,
+                    len(rows))
+    return rows
 
 
 class StepAccumulator:
@@ -64,7 +88,7 @@ class StepAccumulator:
 
 class MetricsWriter:
     """metrics.jsonl + TensorBoard, rank 0 only. On resume, lines past the resumed step are dropped, so the file
-    reads as one uninterrupted run."""
+    reads as one uninterrupted run; a torn line (kill -9, full disk) is dropped with a warning, never fatal."""
 
     def __init__(self, run_dir: str | Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
@@ -74,10 +98,8 @@ class MetricsWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line, row in read_metrics_lines(self.path) if row["step"] <= resume_step]
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
         self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
 

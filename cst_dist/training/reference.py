@@ -1,7 +1,9 @@
 """Reference log-probs: computed live by the frozen reference engine, or precomputed once and cached.
 
-The cache sits next to the preference set and is keyed by a hash of the data, the reference weights and the
-tokenization settings; a cache made under other settings is an error, never silently reused.
+The cache is a safetensors file in the run folder (`train.reference_cache` to put it elsewhere), so a read-only or
+shared data mount works and two models trained on one set keep a cache each. It is keyed by hashes of the data, the
+reference weights and the tokenization settings, stored as its metadata and checked before any tensor is read; a
+cache made under other settings is an error, never silently reused, and nothing in it is unpickled.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from cst_dist.config import RunConfig
-from cst_dist.data.io import atomic_file, file_fingerprint, file_sha256
+from cst_dist.data.io import atomic_file, check_writable_dir, file_fingerprint, file_sha256
 from cst_dist.errors import UserError
 from cst_dist.training.data import TokenizedSet, make_collator
 from cst_dist.training.distributed import DistEnv, barrier
 from cst_dist.training.engine import forward_logps, setup_reference_engine
 
 log = logging.getLogger(__name__)
-CACHE_NAME = "reference_logps.pt"
+CACHE_NAME = "reference_logps.safetensors"
 
 
 class ReferenceCacheMismatch(UserError, ValueError):
@@ -70,23 +74,48 @@ def compute_reference_logps(config: RunConfig, env: DistEnv, tokenizer, data: To
     return torch.tensor([merged[row] for row in range(len(data.pairs))], dtype=torch.float32)
 
 
+def cache_path(config: RunConfig) -> Path:
+    return Path(config.train.reference_cache or Path(config.run_dir) / CACHE_NAME)
+
+
+def _ids_hash(ids: list[str]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def read_cache(path: Path, parts: dict[str, str], ids: list[str]) -> torch.Tensor:
+    """The cached [rows, 2] log-probs, after its metadata proved it was made for exactly this data and model."""
+    try:
+        with safe_open(str(path), framework="pt") as cache:
+            metadata = cache.metadata() or {}
+            key = json.loads(metadata.get("key", "{}"))
+            differing = [name for name, value in parts.items() if key.get(name) != value]
+            if metadata.get("ids") != _ids_hash(ids):
+                differing.append("rows")
+            if differing:
+                raise ReferenceCacheMismatch(
+                    f"{path} was computed for other {', '.join(differing)} than this run uses; delete it to "
+                    "recompute, or set train.reference=offload"
+                )
+            return cache.get_tensor("logps")
+    except (SafetensorError, json.JSONDecodeError, OSError) as exc:
+        raise ReferenceCacheMismatch(
+            f"{path} is not a reference cache written by cst train ({str(exc).splitlines()[0]}); delete it to recompute"
+        ) from None
+
+
 def load_or_compute_cache(config: RunConfig, env: DistEnv, tokenizer, data: TokenizedSet) -> torch.Tensor:
-    path = data.source / CACHE_NAME
+    path = cache_path(config)
     parts = cache_key_parts(config, tokenizer, data)
     if path.is_file():
-        cached = torch.load(path, weights_only=False)
-        differing = [name for name, value in parts.items() if cached["key"].get(name) != value]
-        if differing or cached["ids"] != data.ids:
-            raise ReferenceCacheMismatch(
-                f"{path} was computed for other {', '.join(differing) or 'rows'} than this run uses; delete it to "
-                "recompute, or set train.reference=offload"
-            )
+        logps = read_cache(path, parts, data.ids)
         log.info("reference log-probs: cache hit %s (reference model not loaded)", path)
-        return cached["logps"]
+        return logps
+    check_writable_dir(path.parent, "train.reference_cache folder")  # before the pass, not after an hour of it
     log.info("reference log-probs: computing %d rows once into %s", len(data.pairs), path)
     logps = compute_reference_logps(config, env, tokenizer, data)
     if env.is_rank_zero:
+        metadata = {"key": json.dumps(parts, sort_keys=True), "ids": _ids_hash(data.ids), "rows": str(len(data.ids))}
         with atomic_file(path, "wb") as handle:
-            torch.save({"key": parts, "ids": data.ids, "logps": logps}, handle)
+            handle.write(safetensors_bytes({"logps": logps.contiguous()}, metadata=metadata))
     barrier()
     return logps

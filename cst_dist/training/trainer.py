@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import resource
 import signal
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from cst_dist.config import RunConfig, save_resolved_config
+from cst_dist.config import RunConfig, identity_hash, training_identity
+from cst_dist.data.io import check_writable_dir, file_sha256
 from cst_dist.errors import UserError
 from cst_dist.models import load_tokenizer
 from cst_dist.training import checkpoint
@@ -48,19 +54,33 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train(config: RunConfig) -> dict[str, float]:
-    """Train the policy; returns the last step's metrics. All ranks run this; rank 0 logs and writes files."""
+@dataclass
+class TrainResult:
+    """How `train` ended: the last step's metrics, the step reached, and whether a signal stopped it early."""
+
+    metrics: dict[str, float]
+    step: int
+    total_steps: int
+    stopped_by_signal: bool = False
+
+
+def train(config: RunConfig) -> TrainResult:
+    """Train the policy. All ranks run this; rank 0 logs and writes files."""
     env = setup_distributed()
-    torch.manual_seed(config.train.seed)
+    train_cfg = config.train
+    check_writable_dir(config.run_dir, "run_dir")
+    # Which run this is, and whether the folder may take it: decided before any model or data loads.
+    identity = training_identity(config, preference_fingerprint(config.train_data_dir))
+    run_hash = identity_hash(identity)
+    resume_from = checkpoint.prepare_run_folder(config.run_dir, identity, train_cfg.resume, train_cfg.overwrite, env)
+    torch.manual_seed(train_cfg.seed)
     tokenizer = load_tokenizer(config.model)
     data = load_tokenized_set(config, tokenizer)
-    train_cfg = config.train
     sampler = StepSampler(len(data.pairs), train_cfg.global_batch_size, train_cfg.micro_batch_size,
                           env.world_size, train_cfg.seed)
     total_steps = train_cfg.max_steps or sampler.steps_per_epoch * train_cfg.epochs
     accumulation = gradient_accumulation_steps(train_cfg, env.world_size)
     if env.is_rank_zero:
-        save_resolved_config(config)
         log.info("%d rows, %d ranks x micro-batch %d x accumulation %d = global batch %d; %d steps",
                  len(data.pairs), env.world_size, train_cfg.micro_batch_size, accumulation,
                  train_cfg.global_batch_size, total_steps)
@@ -73,14 +93,17 @@ def train(config: RunConfig) -> dict[str, float]:
         reference_engine = setup_reference_engine(config, env)
     engine, scheduler = setup_policy_engine(config, env, total_steps)
     collate = make_collator(config, tokenizer.pad_token_id, engine.module.config._attn_implementation)
+    config_yaml = checkpoint.dump_config(config)
 
     step = 0
-    resume_from = checkpoint.find_resume_checkpoint(config.run_dir, train_cfg.resume)
     if resume_from is not None:
         step = checkpoint.load_checkpoint(engine, env, resume_from)["step"]
+    if env.is_rank_zero:  # the stage has started: only now does the run folder record this run and its config
+        checkpoint.record_run(config.run_dir, identity, config)
     writer = MetricsWriter(config.run_dir, env.is_rank_zero, resume_step=step)
     stop = StopFlag()
     metrics: dict[str, float] = {}
+    stopped = False
     progress = _progress_bar(env, total_steps, step)
     try:
         while step < total_steps:
@@ -130,14 +153,25 @@ def train(config: RunConfig) -> dict[str, float]:
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
             if step % train_cfg.save_steps == 0 or step == total_steps or stop_now:
                 checkpoint.save_checkpoint(engine, env, config.run_dir, step, {"step": step},
-                                           train_cfg.keep_checkpoints)
+                                           train_cfg.keep_checkpoints, run_hash, config_yaml)
             if stop_now:
                 log.warning("stopped at step %d after a signal; resume with train.resume=auto", step)
+                stopped = True
                 break
     finally:
         progress.close()
         writer.close()
-    return metrics
+    return TrainResult(metrics, step, total_steps, stopped)
+
+
+def preference_fingerprint(folder: Path) -> str:
+    """The content fingerprint `cst build` wrote into the set's manifest (a hash of the Parquet files otherwise)."""
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return str(json.loads(manifest.read_text())["fingerprint"])
+    files = sorted((folder / "data").glob("*.parquet"))
+    return hashlib.sha256("".join(file_sha256(path) for path in files).encode()).hexdigest()[:16]
 
 
 def _progress_bar(env: DistEnv, total: int, initial: int):

@@ -37,6 +37,8 @@ def runs(tmp_path_factory, tiny_model_config, preference_dir):
     out = {"data": data}
 
     def run(name, nproc=2, nnodes=1, **extra):
+        if extra.get("train.reference") == "precomputed":  # one cache shared by the runs that precompute
+            extra["train.reference_cache"] = str(root / CACHE_NAME)
         out[name] = root / name
         out[name + "_log"] = launch(train_overrides(model, data, root / name, **extra), nproc, nnodes)
 
@@ -121,3 +123,8 @@ def test_sigterm_checkpoints_and_resume_reproduces_the_curve(runs, tiny_model_co
     resumed = losses(run_dir)
     assert len(resumed) == 6
     torch.testing.assert_close(resumed, losses(runs["precomputed_packed"]), rtol=RESUME_RTOL, atol=0)
+
+
+def test_closing_line_is_printed_once_and_says_the_run_finished(runs):
+    log = runs["live_offload_log"]
+    assert log.count("finished: step 6/6") == 1, log[-2000:]  # rank 0 only, not once per rank
