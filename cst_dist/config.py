@@ -78,7 +78,9 @@ class DataConfig(StrictModel):
 class BuildConfig(StrictModel):
     """`cst build`: pairs (id, prompt, y0, y1) -> preference rows (id, system, prompt, chosen, rejected, task)."""
 
-    pairs: list[str] = Field(default_factory=list, description="Pair files (JSONL/Parquet) from `cst generate`.")
+    pairs: list[str] = Field(
+        default_factory=list, description="Pair files (JSONL/Parquet), or `cst generate` output folders (their shards)."
+    )
     released: str | None = Field(
         None, description="The paper's released multitask JSON; its harmless pairs are rebuilt, other tasks kept."
     )

@@ -3,6 +3,7 @@
 CST doubles every pair (id, prompt, y0, y1): under s1 chosen = y1 (the safe revision), under s0 the same pair reversed.
 Plain DPO (the baseline) keeps only the s1 rows. Rows of other tasks (truthfulness, personas) are mixed in unchanged.
 The output folder loads with `datasets.load_dataset(folder)` and is written atomically: all of it or none of it.
+An existing folder is only replaced when it is an earlier build output and `build.overwrite` is on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cst_dist.data.io import (
     RecordError,
     atomic_directory,
     atomic_file,
+    check_output_dir,
     file_sha256,
     read_rows,
     write_json_atomic,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+STAGE = "build"  # the manifest's `stage`: what marks a folder as an earlier build output that may be replaced
 HARMLESS_TASK = "harmless"
 SPLIT_FILES = {"train": "data/train-00000-of-00001.parquet", "eval": "data/eval-00000-of-00001.parquet"}
 ARROW_SCHEMA = pa.schema([(name, pa.string()) for name in PREFERENCE_FIELDS])
@@ -69,6 +73,7 @@ class _Inputs:
     pairs: list[tuple[dict[str, str], str, int]] = field(default_factory=list)
     extra: list[tuple[dict[str, str], str, int]] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    folders: list[dict[str, Any]] = field(default_factory=list)
     released_inconsistent: int = 0
 
 
@@ -215,13 +220,48 @@ def _write_folder(staging: Path, splits: dict[str, list[dict[str, str]]], manife
         files[SPLIT_FILES[name]] = file_sha256(staging / SPLIT_FILES[name])
     fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     write_text_atomic(staging / "README.md", _dataset_card(splits, manifest["mode"], fingerprint))
-    write_json_atomic(staging / "manifest.json", {**manifest, "files": files, "fingerprint": fingerprint})
+    write_json_atomic(staging / MANIFEST, {**manifest, "files": files, "fingerprint": fingerprint})
 
 
 def _write_parquet(rows: list[dict[str, str]], path: Path) -> None:
     table = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
     with atomic_file(path, "wb") as handle:  # fsynced: the folder rename must never expose an unflushed file
         pq.write_table(table, handle)
+
+
+def _pair_folder_files(folder: Path, build: BuildConfig) -> tuple[list[Path], dict[str, Any] | None]:
+    """A `cst generate` output folder: its shard files in shard order, and its manifest (None if it has none).
+
+    A folder without shard files, or an unfinished generate run, would silently give fewer pairs: both are errors
+    (the second unless build.allow_incomplete_pairs).
+    """
+    files = sorted(folder.glob("shard-*.jsonl"))
+    if not files:
+        raise RecordError(folder, None, None, "build.pairs names a folder without shard-*.jsonl files")
+    generate = None
+    if (folder / MANIFEST).is_file():
+        try:
+            generate = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise RecordError(folder / MANIFEST, None, None, f"not readable ({exc})") from None
+        if isinstance(generate, dict) and generate.get("complete") is False and not build.allow_incomplete_pairs:
+            done, total = len(generate.get("shards", {})), generate.get("num_shards", "?")
+            raise RecordError(
+                folder, None, None, f"an unfinished `cst generate` output ({done} of {total} shards); rerun "
+                "`cst generate` to finish it, or set build.allow_incomplete_pairs=true to build from what is there"
+            )
+    return files, generate if isinstance(generate, dict) else None
+
+
+def _read_pair_folder(folder: Path, build: BuildConfig, skips: SkipCounter, inputs: _Inputs) -> None:
+    files, generate = _pair_folder_files(folder, build)
+    before = len(inputs.pairs)
+    for file in files:
+        _read_pairs(str(file), build, skips, inputs)
+    entry: dict[str, Any] = {"path": str(folder), "shard_files": len(files), "rows": len(inputs.pairs) - before}
+    if generate is not None:
+        entry.update(generate_complete=generate.get("complete"), generate_totals=generate.get("totals"))
+    inputs.folders.append(entry)
 
 
 def _read_inputs(build: BuildConfig, skips: SkipCounter) -> _Inputs:
@@ -232,10 +272,10 @@ def _read_inputs(build: BuildConfig, skips: SkipCounter) -> _Inputs:
         raise ConfigError(f"build.tasks must include {HARMLESS_TASK!r} (the task of the CST rows), got {build.tasks}")
     inputs = _Inputs()
     for path in build.pairs:
-        # A folder is a `cst generate` output: its shard files, in shard order.
-        files = sorted(Path(path).glob("shard-*.jsonl")) if Path(path).is_dir() else [path]
-        for file in files:
-            _read_pairs(str(file), build, skips, inputs)
+        if Path(path).is_dir():  # a `cst generate` output: its shard files
+            _read_pair_folder(Path(path), build, skips, inputs)
+        else:
+            _read_pairs(str(path), build, skips, inputs)
     if build.released:
         _read_released(str(build.released), build, skips, inputs)
     for path in build.extra_tasks:
@@ -243,9 +283,18 @@ def _read_inputs(build: BuildConfig, skips: SkipCounter) -> _Inputs:
     return inputs
 
 
+def check_build_output(config: RunConfig) -> bool:
+    """The output folder checks, made before any input is read; True when an earlier build output is replaced."""
+    build = config.build
+    inputs = [*build.pairs, *filter(None, [build.released]), *build.extra_tasks, config.run_dir]
+    return check_output_dir(config.preference_dir, MANIFEST, STAGE, build.overwrite, inputs, "build.output",
+                            "set build.overwrite=true")
+
+
 def build_preference_set(config: RunConfig) -> BuildResult:
     """Read pairs / the released set / extra tasks, double (cst) or not (dpo), shuffle, split, write the folder."""
     build, skips = config.build, SkipCounter()
+    replace = check_build_output(config)
     inputs = _read_inputs(build, skips)
     rows = _expand(inputs, build.mode)
     if not rows:
@@ -254,6 +303,7 @@ def build_preference_set(config: RunConfig) -> BuildResult:
     counts = _counts(splits, len(inputs.pairs))
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
+        "stage": STAGE,
         "mode": build.mode,
         "seed": build.seed,
         "eval_fraction": build.eval_fraction,
@@ -261,10 +311,11 @@ def build_preference_set(config: RunConfig) -> BuildResult:
         "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.by_reason.items()))},
         "released_inconsistent": inputs.released_inconsistent,
         "sources": inputs.sources,
+        "input_folders": inputs.folders,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     output = config.preference_dir
-    with atomic_directory(output) as staging:
+    with atomic_directory(output, replace=replace) as staging:
         _write_folder(staging, splits, manifest)
     log.info(
         "built %s preference set in %s: %d pairs -> %s; tasks %s; %d rows skipped",

@@ -40,8 +40,11 @@ class Engine(Protocol):
     name: str
     system_role: bool  # whether the chat template renders a system message (else it is folded into the user turn)
     stats: EngineStats
+    max_context: int | None  # prompt + generated tokens the model can hold; None if unknown (no length check)
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str]: ...
+
+    def count_tokens(self, conversation: Conversation) -> int: ...
 
 
 class HFEngine:
@@ -62,6 +65,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.system_role = supports_system_role(self.tokenizer)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_context = self.max_positions
         configured = self.model.generation_config.eos_token_id
         configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
         self.eos_ids = sorted({self.tokenizer.eos_token_id, *configured} - {None})
@@ -72,6 +76,9 @@ class HFEngine:
         wants one, so the tokenizer must not add another."""
         text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self.encode(conversation))
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str]:
         """texts[i] answers conversations[i]. The sampler is seeded with `sampling.seed` first, so the same
@@ -116,6 +123,7 @@ class HFEngine:
         return texts
 
     def _check_length(self, longest_prompt: int, max_new_tokens: int) -> None:
+        # A backstop: the chain rejects prompts whose three turns may not fit before it calls generate.
         if self.max_positions and longest_prompt + max_new_tokens > self.max_positions:
             raise EngineError(
                 f"a conversation of {longest_prompt} tokens + generate.sampling.max_new_tokens={max_new_tokens} "
@@ -142,16 +150,21 @@ class VLLMEngine:
         dtype = "bfloat16" if model_config.dtype == "auto" else model_config.dtype
         self.llm = LLM(model=str(ensure_model(model_config)), tensor_parallel_size=max(num_gpus, 1), dtype=dtype,
                        trust_remote_code=model_config.trust_remote_code)
+        self.max_context = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
         self.stats = EngineStats()
+
+    def encode(self, conversation: Conversation) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self.encode(conversation))
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str]:
         from vllm import SamplingParams
 
         start = time.perf_counter()
-        prompts = []
-        for conversation in conversations:
-            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-            prompts.append({"prompt_token_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]})
+        prompts = [{"prompt_token_ids": self.encode(conversation)} for conversation in conversations]
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_new_tokens, seed=sampling.seed)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -168,11 +181,15 @@ class RecordingEngine:
     def __init__(self, inner: Engine):
         self.inner = inner
         self.name, self.system_role = inner.name, inner.system_role
+        self.max_context = getattr(inner, "max_context", None)
         self.calls: list[list[Conversation]] = []
 
     @property
     def stats(self) -> EngineStats:
         return self.inner.stats
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return self.inner.count_tokens(conversation)
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str]:
         self.calls.append([[dict(message) for message in conversation] for conversation in conversations])

@@ -44,7 +44,8 @@ class GenerationWorker:
         generate = config.generate
         engine = build_engine(generate.engine, config.model, generate.batch_size, self.device, num_gpus)
         self.engine = RecordingEngine(engine) if generate.save_conversations else engine
-        self.chain = SelfCritiqueChain(self.engine, generate.system_prompt, generator=Path(config.model.path).name)
+        self.chain = SelfCritiqueChain(self.engine, generate.system_prompt, generator=Path(config.model.path).name,
+                                       over_length=generate.over_length)
 
     def ready(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "device": self.device,
@@ -56,10 +57,10 @@ class GenerationWorker:
         if hasattr(self.engine, "calls"):
             self.engine.calls.clear()
         chain = self.chain.run(list(shard.items), shard.sampling)
-        conversations = [
+        conversations = [  # prompts rejected before turn 1 (too long) were never sent
             {"id": item.id, "turn": turn, "messages": messages}
             for turn, call in enumerate(getattr(self.engine, "calls", []), start=1)
-            for item, messages in zip(shard.items, call, strict=True)
+            for item, messages in zip(chain.generated, call, strict=True)
         ]
         after = self.engine.stats
         return ShardResult(

@@ -9,13 +9,14 @@ position modulo the number of templates. Without a templates file the prompt is 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from cst_dist.config import GenerateConfig
 from cst_dist.data.advbench import load_advbench, split_advbench
-from cst_dist.data.io import RecordError, read_rows
+from cst_dist.data.io import RecordError, is_utf8_text, read_rows
 from cst_dist.data.schemas import check_fields
 from cst_dist.generation.critique import PromptItem
 
@@ -58,12 +59,20 @@ def _file_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
         return list(read_rows(path))
     if not Path(path).is_file():
         raise RecordError(path, None, None, "file does not exist (generate.prompts)")
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in PROMPT_FIELDS if name not in (reader.fieldnames or ())]
-        if reader.fieldnames and missing:
-            raise RecordError(path, None, missing[0], f"missing column (header: {reader.fieldnames})")
-        return list(enumerate(reader, start=1))
+    # surrogateescape keeps bytes that are not UTF-8, so the row and column holding them can be named below.
+    text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not is_utf8_text(reader.fieldnames or []):
+        raise RecordError(path, None, None, "the header is not valid UTF-8 text; re-save the file as UTF-8")
+    missing = [name for name in PROMPT_FIELDS if name not in (reader.fieldnames or ())]
+    if reader.fieldnames and missing:
+        raise RecordError(path, None, missing[0], f"missing column (header: {reader.fieldnames})")
+    rows = list(enumerate(reader, start=1))
+    for number, row in rows:
+        bad = next((name for name, value in row.items() if not is_utf8_text(value)), None)
+        if bad is not None:
+            raise RecordError(path, number, bad, "not valid UTF-8 text; re-save the file as UTF-8")
+    return rows
 
 
 def _template_index(path: str, number: int, raw: dict[str, Any], position: int, count: int) -> int | None:
@@ -97,5 +106,6 @@ def load_prompts(generate: GenerateConfig) -> tuple[list[PromptItem], str]:
         index = _template_index(source, number, raw, position, len(templates))
         # str.replace, not str.format: jailbreak templates are full of other braces.
         text = clean["prompt"] if index is None else templates[index].replace("{prompt}", clean["prompt"])
-        items.append(PromptItem(id=clean["id"], prompt=clean["prompt"], text=text, template_index=index))
+        items.append(PromptItem(id=clean["id"], prompt=clean["prompt"], text=text, template_index=index,
+                                origin=f"{source}, row {number}"))
     return items[: generate.max_prompts], source

@@ -1,7 +1,8 @@
 """The pairs folder: the shard plan, shard files written atomically, and the manifest that lets a rerun resume.
 
     <output>/shard-00003.jsonl                 kept pairs of shard 3 (id, prompt, y0, critique, y1, generator, ...)
-    <output>/rejects/shard-00003.jsonl         its rows with an empty or unrevised answer, plus `reason`
+    <output>/rejects/shard-00003.jsonl         its rows with an empty or unrevised answer, or a prompt too long for
+                                               the model's context (never generated), plus `reason`
     <output>/conversations/shard-00003.jsonl   (generate.save_conversations) every conversation the engine received
     <output>/manifest.json                     the plan and the finished shards with their counts
 
@@ -130,6 +131,7 @@ class PairStore:
             "shards": len(entries), "prompts": sum(e["prompts"] for e in entries),
             "pairs": sum(e["pairs"] for e in entries), "rejects": sum(e["rejects"] for e in entries),
             "generated_tokens": sum(e["generated_tokens"] for e in entries),
+            "reject_reasons": dict(sorted(sum((Counter(e["reject_reasons"]) for e in entries), Counter()).items())),
         }
         self.manifest["complete"] = len(entries) == self.manifest["num_shards"]
         write_json_atomic(self.folder / MANIFEST, self.manifest)

@@ -6,6 +6,7 @@ global step: resuming needs no iterator state, and 1 rank x accumulation 4 sees 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import numpy as np
 
 from cst_dist.config import RunConfig
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
-from cst_dist.data.schemas import PREFERENCE_FIELDS
+from cst_dist.data.io import file_sha256, read_parquet_table
+from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
 from cst_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,28 +37,63 @@ class TokenizedSet:
 
 
 def load_tokenized_set(config: RunConfig, tokenizer, split: str = "train") -> TokenizedSet:
-    """Read the `cst build` output and tokenize every row (rows over length: the `data.over_length` policy)."""
-    import datasets
+    """Read the `cst build` output and tokenize every row (rows over length: the `data.over_length` policy).
 
+    The folder must be what `cst build` wrote: its manifest's checksums must match the Parquet files, and every row
+    must hold the six string fields. Anything else is an error naming the file (and row, and column).
+    """
     folder = config.train_data_dir
+    if folder.exists() and not folder.is_dir():
+        raise EmptyDataError(f"train.data {folder} is a file, not a preference set folder; run `cst build` first")
     files = sorted((folder / "data").glob(f"{split}-*.parquet"))
     if not files:
         raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
-    table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    missing = [name for name in PREFERENCE_FIELDS if name not in table.column_names]
-    if missing:
-        raise EmptyDataError(f"{files[0]}: missing columns {missing}; expected {list(PREFERENCE_FIELDS)}")
+    verify_manifest(folder)
     encoder = PairTokenizer(tokenizer, config.data)
     pairs, ids = [], []
-    for row_number, row in enumerate(table, start=1):
-        pair = encoder.encode(row, str(files[0]), row_number)
-        if pair is not None:
-            pairs.append(pair)
-            ids.append(row["id"])
+    for file in files:
+        for row_number, row in _preference_rows(file):
+            pair = encoder.encode(row, str(file), row_number)
+            if pair is not None:
+                pairs.append(pair)
+                ids.append(row["id"])
     if not pairs:
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
     log.info("tokenized %s: %s", folder, encoder.stats.summary())
     return TokenizedSet(pairs, ids, encoder.stats, folder)
+
+
+def verify_manifest(folder: Path) -> None:
+    """The folder's manifest lists every Parquet file with its sha256; a missing, changed or unlisted file is an error
+    (training on a half-copied or hand-edited set would go unnoticed otherwise)."""
+    path, rebuild = folder / "manifest.json", "rebuild it with `cst build`"
+    if not path.is_file():
+        raise EmptyDataError(f"{folder} (train.data) has no manifest.json: not a `cst build` output; {rebuild}")
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise EmptyDataError(f"{path}: not a readable `cst build` manifest ({exc}); {rebuild}") from None
+    if not isinstance(files, dict):
+        raise EmptyDataError(f"{path}: has no `files` checksums, so it is not a `cst build` manifest; {rebuild}")
+    unlisted = sorted({str(p.relative_to(folder)) for p in (folder / "data").glob("*.parquet")} - set(files))
+    if unlisted:
+        raise EmptyDataError(f"{folder / unlisted[0]}: not listed in {path}; {rebuild}")
+    for name, digest in sorted(files.items()):
+        if not (folder / name).is_file():
+            raise EmptyDataError(f"{folder / name}: listed in {path} but missing; {rebuild}")
+        if file_sha256(folder / name) != digest:
+            raise EmptyDataError(f"{folder / name}: its sha256 does not match {path} (changed since built); {rebuild}")
+
+
+def _preference_rows(file: Path) -> list[tuple[int, dict[str, str]]]:
+    """(row number, row) of one split file; a null or non-string value is a RecordError naming file, row and column."""
+    table = read_parquet_table(file)
+    missing = [name for name in PREFERENCE_FIELDS if name not in table.column_names]
+    if missing:
+        raise EmptyDataError(f"{file}: missing columns {missing}; expected {list(PREFERENCE_FIELDS)}")
+    raw_rows = table.select(list(PREFERENCE_FIELDS)).to_pylist()
+    return [(number, check_fields(str(file), number, raw, PREFERENCE_FIELDS))
+            for number, raw in enumerate(raw_rows, start=1)]
 
 
 def make_collator(config: RunConfig, pad_token_id: int, attn_implementation: str) -> Callable[[list], dict]:

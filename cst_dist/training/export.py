@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from cst_dist.config import load_config
-from cst_dist.data.io import atomic_directory
+from cst_dist.data.io import atomic_directory, check_output_dir, write_json_atomic
 from cst_dist.models import load_tokenizer
 from cst_dist.training.checkpoint import MARKER, checkpoint_root
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EXPORT_MARKER = "export.json"  # {"stage": "export", ...}: marks a folder `cst export --overwrite` may replace
 
 
 def resolve_tag(run_dir: Path, tag: str | None) -> str:
@@ -32,8 +33,14 @@ def resolve_tag(run_dir: Path, tag: str | None) -> str:
     return tag
 
 
+def check_export_output(output: Path, run_dir: Path, tag: str, overwrite: bool) -> bool:
+    """Made before the consolidation (minutes on a 7B model): True when an earlier export is replaced."""
+    inputs = [run_dir, checkpoint_root(run_dir) / tag]
+    return check_output_dir(output, EXPORT_MARKER, "export", overwrite, inputs, "--output", "pass --overwrite")
+
+
 def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
-                      output: str | Path | None = None) -> Path:
+                      output: str | Path | None = None, overwrite: bool = False) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -41,6 +48,7 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = 
     config = load_config(str(run_dir / "config.yaml"))
     tag = resolve_tag(run_dir, tag)
     output = Path(output) if output else run_dir / "export" / tag
+    replace = check_export_output(output, run_dir, tag, overwrite)
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
     model_config = AutoConfig.from_pretrained(config.model.path, trust_remote_code=config.model.trust_remote_code)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32,
@@ -50,8 +58,9 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = 
     if unexpected or set(missing) - tied:
         raise ValueError(f"{tag} does not fit {config.model.path}: missing {missing}, unexpected {unexpected}")
     model.to(DTYPES[dtype])
-    with atomic_directory(output) as staging:
+    with atomic_directory(output, replace=replace) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         load_tokenizer(config.model).save_pretrained(staging)  # carries the chat template
+        write_json_atomic(staging / EXPORT_MARKER, {"stage": "export", "tag": tag, "dtype": dtype})
     log.info("exported %s (%s) to %s", tag, dtype, output)
     return output

@@ -135,7 +135,8 @@ def test_shuffle_is_deterministic_and_seeded(tmp_path):
     cache = str(tmp_path / "hf")
 
     def ids(seed: int, out: str) -> list[str]:
-        config = _config(tmp_path, pairs=[pairs], seed=seed, eval_fraction=0.25, output=str(tmp_path / out))
+        config = _config(tmp_path, pairs=[pairs], seed=seed, eval_fraction=0.25, output=str(tmp_path / out),
+                         overwrite=True)
         folder = build_preference_set(config).output
         return [
             *load_preference_split(folder, "train", cache)["id"],
@@ -287,7 +288,7 @@ def test_failed_build_leaves_the_previous_set_untouched(tmp_path, monkeypatch):
     before = _snapshot(build_preference_set(config).output)
     settings, _, _ = _bad_inputs(tmp_path)["missing_field"]
     with pytest.raises(RecordError):
-        build_preference_set(_config(tmp_path, **settings))
+        build_preference_set(_config(tmp_path, overwrite=True, **settings))
     assert _snapshot(config.preference_dir) == before
 
     # A failure while writing (after the Parquet files are in the staging folder) changes nothing either.
@@ -296,6 +297,6 @@ def test_failed_build_leaves_the_previous_set_untouched(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build_module, "write_json_atomic", broken)
     with pytest.raises(OSError, match="disk full"):
-        build_preference_set(_config(tmp_path, pairs=[_jsonl(tmp_path / "more.jsonl", _pairs(9))]))
+        build_preference_set(_config(tmp_path, pairs=[_jsonl(tmp_path / "more.jsonl", _pairs(9))], overwrite=True))
     assert _snapshot(config.preference_dir) == before
     assert sorted(p.name for p in config.preference_dir.parent.iterdir()) == ["preference"]

@@ -11,12 +11,12 @@ def test_atomic_directory_keeps_previous_folder_on_failure(tmp_path):
     target = tmp_path / "out"
     with atomic_directory(target) as staging:
         (staging / "a.txt").write_text("v1")
-    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+    with pytest.raises(RuntimeError), atomic_directory(target, replace=True) as staging:
         (staging / "a.txt").write_text("half")
         raise RuntimeError("crash mid-write")
     assert (target / "a.txt").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
-    with atomic_directory(target) as staging:
+    with atomic_directory(target, replace=True) as staging:
         (staging / "a.txt").write_text("v2")
     assert (target / "a.txt").read_text() == "v2" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -201,9 +201,10 @@ def test_multi_gpu_replica_is_placed_in_a_placement_group(ray_cluster):
 
 def test_worker_errors_fail_the_run_with_their_message(ray_cluster, tiny_model_config, tmp_path):
     """An error inside the chain is not retried (it would repeat); a worker that cannot start fails the run."""
-    too_long = generate_config(tiny_model_config, tmp_path / "a", num_replicas=1, sampling={"max_new_tokens": 1020})
-    with pytest.raises(GenerationError, match=r"shard-00000 failed on cst-generate-\w+-0-1: a conversation of \d+ "
-                                              r"tokens \+ generate.sampling.max_new_tokens=1020 exceeds"):
+    too_long = generate_config(tiny_model_config, tmp_path / "a", num_replicas=1, sampling={"max_new_tokens": 1020},
+                               over_length="error")
+    with pytest.raises(GenerationError, match=r"shard-00000 failed on cst-generate-\w+-0-1: prompt 'advbench-\d+' "
+                                              r"\(advbench-train, row \d+\) needs \d+ tokens .*max_new_tokens=1020"):
         run_farm(too_long)
     if importlib.util.find_spec("vllm") is not None:
         return
