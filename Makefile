@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# A second `make demo` continues (or finds finished) the same run and replaces only its own earlier outputs.
 demo: $(STAMP)
-	$(VENV)/bin/cst build configs/tiny-cpu.yaml
-	$(VENV)/bin/cst train configs/tiny-cpu.yaml
-	$(VENV)/bin/cst export runs/tiny-cpu --dtype float32
+	$(VENV)/bin/cst build configs/tiny-cpu.yaml build.overwrite=true
+	$(VENV)/bin/cst train configs/tiny-cpu.yaml train.resume=auto
+	$(VENV)/bin/cst export runs/tiny-cpu --dtype float32 --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

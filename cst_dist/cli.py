@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, OSError) as error:  # bad input, a missing path, a read-only or full disk: fixable by the user
         if debug:
             raise
-        print(f"cst {args.stage}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        print(f"cst {args.stage}: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

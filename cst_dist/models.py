@@ -109,7 +109,11 @@ def ensure_model(config: ModelConfig) -> Path:
         # Loud: a typo in model.path must not pass unnoticed as a freshly initialised random model.
         log.warning("model.path %s does not exist: building a NEW RANDOM tiny model there (model.tiny is set; set "
                     "model.tiny=null to use only existing models)", path)
-        build_tiny_model(path, config.tiny)
+        try:
+            build_tiny_model(path, config.tiny)
+        except (OSError, UserError):
+            if not (path / "config.json").is_file():  # not another rank that finished the same build first
+                raise
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model folder {str(path)!r} (model.path) does not exist or has no config.json; point model.path at a "

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from cst_dist.config import load_config
+from cst_dist.config import RunConfig, load_run_config
 from cst_dist.data.io import atomic_directory, check_output_dir, write_json_atomic
-from cst_dist.models import load_tokenizer
+from cst_dist.models import load_model_config, load_tokenizer
 from cst_dist.training.checkpoint import MARKER, checkpoint_root
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,13 @@ def resolve_tag(run_dir: Path, tag: str | None) -> str:
     return tag
 
 
+def checkpoint_config(run_dir: Path, tag: str) -> RunConfig:
+    """The config the checkpoint was trained with (stored in it; the run folder's for older checkpoints), with its
+    relative paths resolved against the run's root: a later command in the run folder cannot change it."""
+    stored = checkpoint_root(run_dir) / tag / "config.yaml"
+    return load_run_config(stored if stored.is_file() else run_dir / "config.yaml", run_dir)
+
+
 def check_export_output(output: Path, run_dir: Path, tag: str, overwrite: bool) -> bool:
     """Made before the consolidation (minutes on a 7B model): True when an earlier export is replaced."""
     inputs = [run_dir, checkpoint_root(run_dir) / tag]
@@ -42,15 +49,15 @@ def check_export_output(output: Path, run_dir: Path, tag: str, overwrite: bool) 
 def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
                       output: str | Path | None = None, overwrite: bool = False) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     run_dir = Path(run_dir)
-    config = load_config(str(run_dir / "config.yaml"))
     tag = resolve_tag(run_dir, tag)
+    config = checkpoint_config(run_dir, tag)
     output = Path(output) if output else run_dir / "export" / tag
     replace = check_export_output(output, run_dir, tag, overwrite)
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
-    model_config = AutoConfig.from_pretrained(config.model.path, trust_remote_code=config.model.trust_remote_code)
+    model_config = load_model_config(config.model)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32,
                                              trust_remote_code=config.model.trust_remote_code)
     missing, unexpected = model.load_state_dict(state, strict=False)
