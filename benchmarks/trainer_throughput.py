@@ -107,7 +107,7 @@ def build_rows(args, work: Path, model_path: str) -> dict:
     import pyarrow.parquet as pq
 
     from cst_dist.config import ModelConfig, RunConfig
-    from cst_dist.data.build import build_preference_set
+    from cst_dist.data.build import build_preference_set, write_preference_set
     from cst_dist.data.schemas import PREFERENCE_FIELDS
     from cst_dist.models import build_messages, load_tokenizer, supports_system_role
 
@@ -150,10 +150,9 @@ def build_rows(args, work: Path, model_path: str) -> dict:
     wanted = min(args.rows, len(candidates))
     order = np.random.default_rng(args.seed).permutation(len(candidates))[:wanted]
     subset = table.take(pa.array(sorted(candidates[i] for i in order)))
-    folder = work / "preference"
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    pq.write_table(subset, folder / "data" / "train-00000-of-00001.parquet")
     rows = subset.to_pylist()
+    folder = write_preference_set(work / "preference", {"train": [{k: r[k] for k in PREFERENCE_FIELDS} for r in rows]},
+                                  {"mode": "benchmark-sample", "seed": args.seed, "rows": len(rows)})
 
     # The same rows as TRL's conversational format: the chat template is applied by TRL itself.
     with open(work / "trl_rows.jsonl", "w", encoding="utf-8") as handle:
@@ -290,7 +289,7 @@ def trl_worker(spec: dict) -> dict:
 
 
 def cst_precompute_worker(spec: dict) -> dict:
-    """Fill `<preference>/reference_logps.pt` the way `cst train` does, timed (the one-time cost of the mode)."""
+    """Fill the reference cache (`train.reference_cache`) the way `cst train` does, timed (the mode's one-time cost)."""
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -300,13 +299,13 @@ def cst_precompute_worker(spec: dict) -> dict:
     from cst_dist.models import load_tokenizer
     from cst_dist.training.data import load_tokenized_set
     from cst_dist.training.distributed import setup_distributed
-    from cst_dist.training.reference import CACHE_NAME, load_or_compute_cache
+    from cst_dist.training.reference import cache_path, load_or_compute_cache
 
     config = load_config("tiny-cpu", spec["overrides"])
     env = setup_distributed()
     tokenizer = load_tokenizer(config.model)
     data = load_tokenized_set(config, tokenizer)
-    cache = data.source / CACHE_NAME
+    cache = cache_path(config)
     if cache.exists():
         cache.unlink()
     started = time.perf_counter()
@@ -368,6 +367,8 @@ def cst_overrides(args, work: Path, model_path: str, data_dir: str, run_dir: Pat
         "train.lr_scheduler": "linear", "train.warmup_ratio": 0.0, "train.seed": args.seed,
         "train.save_steps": max(args.steps, 1), "train.keep_checkpoints": 1, "train.log_steps": 1,
         "train.gradient_checkpointing": "false",
+        # One cache shared by every cst variant (it lives in the run folder by default).
+        "train.reference_cache": str(work / "reference_logps.safetensors"),
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()] + list(args.cst_override)

@@ -291,6 +291,15 @@ def check_build_output(config: RunConfig) -> bool:
                             "set build.overwrite=true")
 
 
+def write_preference_set(output: str | os.PathLike, splits: dict[str, list[dict[str, str]]],
+                         manifest: dict[str, Any], replace: bool = False) -> Path:
+    """Write a preference folder (Parquet splits, card, manifest with checksums) atomically; `cst train` reads only
+    folders written here. `replace` only after `check_output_dir` allowed it."""
+    with atomic_directory(output, replace=replace) as staging:
+        _write_folder(staging, splits, {"schema_version": MANIFEST_SCHEMA_VERSION, "stage": STAGE, **manifest})
+    return Path(output)
+
+
 def build_preference_set(config: RunConfig) -> BuildResult:
     """Read pairs / the released set / extra tasks, double (cst) or not (dpo), shuffle, split, write the folder."""
     build, skips = config.build, SkipCounter()
@@ -314,9 +323,7 @@ def build_preference_set(config: RunConfig) -> BuildResult:
         "input_folders": inputs.folders,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    output = config.preference_dir
-    with atomic_directory(output, replace=replace) as staging:
-        _write_folder(staging, splits, manifest)
+    output = write_preference_set(config.preference_dir, splits, manifest, replace)
     log.info(
         "built %s preference set in %s: %d pairs -> %s; tasks %s; %d rows skipped",
         build.mode,
