@@ -90,7 +90,7 @@ def engine_variants(args, config) -> list[dict]:
     import torch
 
     from cst_dist.config import SamplingConfig
-    from cst_dist.generation.engines import HFEngine
+    from cst_dist.engines import HFEngine
 
     torch.set_num_threads(args.cpus)
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)

@@ -106,10 +106,11 @@ def build_rows(args, work: Path, model_path: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cst_dist.chat import build_messages, supports_system_role
     from cst_dist.config import ModelConfig, RunConfig
     from cst_dist.data.build import build_preference_set, write_preference_set
     from cst_dist.data.schemas import PREFERENCE_FIELDS
-    from cst_dist.models import build_messages, load_tokenizer, supports_system_role
+    from cst_dist.models import load_tokenizer
 
     released = Path(args.released)
     config = RunConfig(run_dir=str(work / "build"), model=ModelConfig(path=model_path))

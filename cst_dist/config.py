@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cst_dist.data.io import write_text_atomic
 from cst_dist.errors import UserError
+from cst_dist.io import write_text_atomic
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 

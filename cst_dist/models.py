@@ -16,8 +16,8 @@ import torch
 
 from cst_dist import prompts
 from cst_dist.config import ModelConfig, TinyModelConfig
-from cst_dist.data.io import atomic_directory
 from cst_dist.errors import UserError
+from cst_dist.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -212,25 +212,3 @@ def load_model(config: ModelConfig, device: torch.device | str = "cpu", **kwargs
         )
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot load the model in {str(path)!r} (model.path): {_first_line(exc)}") from None
-
-
-def supports_system_role(tokenizer) -> bool:
-    """Whether the chat template renders a system message (Mistral-Instruct's, for one, raises or drops it)."""
-    probe = "SYSTEM-PROBE-7d1f"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}], tokenize=False
-        )
-    except Exception:  # templates signal "no system role" by raising a jinja exception of their own
-        return False
-    return probe in text
-
-
-def build_messages(system: str | None, prompt: str, system_role: bool = True) -> list[dict[str, str]]:
-    """Chat messages for (system, prompt). Without a system role (see `supports_system_role`), the system prompt is
-    folded into the first user turn, as the CST paper's README prescribes for such models."""
-    if not system:
-        return [{"role": "user", "content": prompt}]
-    if system_role:
-        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-    return [{"role": "user", "content": f"{system}\n\n{prompt}"}]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cst_dist.data.io import RecordError, atomic_file
+from cst_dist.io import RecordError, atomic_file
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

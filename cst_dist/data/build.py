@@ -24,7 +24,15 @@ import pyarrow.parquet as pq
 import yaml
 
 from cst_dist.config import BuildConfig, ConfigError, RunConfig
-from cst_dist.data.io import (
+from cst_dist.data.schemas import (
+    PAIR_FIELDS,
+    PREFERENCE_FIELDS,
+    RELEASED_FIELDS,
+    SkipCounter,
+    check_fields,
+    iter_valid_rows,
+)
+from cst_dist.io import (
     RecordError,
     atomic_directory,
     atomic_file,
@@ -33,14 +41,6 @@ from cst_dist.data.io import (
     read_rows,
     write_json_atomic,
     write_text_atomic,
-)
-from cst_dist.data.schemas import (
-    PAIR_FIELDS,
-    PREFERENCE_FIELDS,
-    RELEASED_FIELDS,
-    SkipCounter,
-    check_fields,
-    iter_valid_rows,
 )
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 

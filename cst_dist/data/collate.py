@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cst_dist.chat import ChatEncoder
 from cst_dist.config import DataConfig
-from cst_dist.data.io import RecordError
-from cst_dist.models import build_messages, supports_system_role
+from cst_dist.io import RecordError
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -55,35 +55,16 @@ class PairTokenizer:
     def __init__(self, tokenizer, config: DataConfig):
         self.tokenizer = tokenizer
         self.config = config
-        self.system_role = supports_system_role(tokenizer)
-        # Does plain tokenization add BOS? If so and the template did not write it, we add it once (never twice).
-        probe = tokenizer("a").input_ids
-        self.implicit_bos = tokenizer.bos_token_id if probe and probe[0] == tokenizer.bos_token_id else None
+        self.chat = ChatEncoder(tokenizer)  # the encoding generation and evaluation use too (one BOS rule)
         self.stats = TruncationStats()
-
-    def render(self, system: str, prompt: str, response: str) -> tuple[str, str]:
-        """(prompt text ending with the generation prompt, response text including the end-of-turn markup)."""
-        messages = build_messages(system, prompt, self.system_role)
-        prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full_text = self.tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=False
-        )
-        if not full_text.startswith(prompt_text):
-            raise ValueError("chat template renders the prompt differently with and without an answer")
-        return prompt_text, full_text[len(prompt_text):]
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def encode(self, row: dict[str, str], source: str = "<rows>", row_number: int | None = None) -> EncodedPair | None:
         """Tokenize one row; returns None when the over-length policy is `skip` and the row does not fit."""
         cfg = self.config
-        prompt_text, chosen_text = self.render(row["system"], row["prompt"], row["chosen"])
-        _, rejected_text = self.render(row["system"], row["prompt"], row["rejected"])
-        prompt_ids = self._ids(prompt_text)
-        if self.implicit_bos is not None and prompt_ids[:1] != [self.implicit_bos]:
-            prompt_ids = [self.implicit_bos] + prompt_ids
-        chosen_ids, rejected_ids = self._ids(chosen_text), self._ids(rejected_text)
+        messages = self.chat.messages(row["system"], row["prompt"])
+        prompt_ids = self.chat.encode_conversation(messages)
+        chosen_ids = self.chat.ids(self.chat.response_text(messages, row["chosen"]))
+        rejected_ids = self.chat.ids(self.chat.response_text(messages, row["rejected"]))
         self.stats.rows += 1
 
         too_long = len(prompt_ids) > cfg.max_prompt_length or (

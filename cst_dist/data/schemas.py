@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cst_dist.data.io import RecordError, read_rows
+from cst_dist.io import RecordError, read_rows
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cst_dist.chat import build_messages
 from cst_dist.config import SamplingConfig
+from cst_dist.engines import Conversation, Engine
 from cst_dist.errors import UserError
-from cst_dist.generation.engines import Conversation, Engine
-from cst_dist.models import build_messages
 from cst_dist.prompts import CRITIQUE_REQUEST, REVISION_REQUEST
 
 PAIR_ROW_FIELDS = ("id", "prompt", "y0", "critique", "y1", "generator", "sampling", "template_index")

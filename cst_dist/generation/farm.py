@@ -35,7 +35,7 @@ class GenerationWorker:
     def __init__(self, config: RunConfig, num_gpus: int = 0, num_cpus: int = 1, name: str = "worker"):
         import torch
 
-        from cst_dist.generation.engines import RecordingEngine, build_engine
+        from cst_dist.engines import RecordingEngine, build_engine
 
         self.name = name
         self.device = "cuda" if num_gpus and torch.cuda.is_available() else "cpu"

@@ -16,9 +16,9 @@ from typing import Any
 
 from cst_dist.config import GenerateConfig
 from cst_dist.data.advbench import load_advbench, split_advbench
-from cst_dist.data.io import RecordError, is_utf8_text, read_rows
 from cst_dist.data.schemas import check_fields
 from cst_dist.generation.critique import PromptItem
+from cst_dist.io import RecordError, is_utf8_text, read_rows
 
 PROMPT_FIELDS = ("id", "prompt")
 ADVBENCH_SOURCE = "advbench-train"
@@ -54,7 +54,7 @@ def _advbench_rows() -> list[tuple[int, dict[str, Any]]]:
 
 
 def _file_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
-    """(row number, raw row) from CSV (data rows counted from 1) or JSONL/JSON/Parquet (see data.io.read_rows)."""
+    """(row number, raw row) from CSV (data rows counted from 1) or JSONL/JSON/Parquet (see cst_dist.io.read_rows)."""
     if Path(path).suffix.lower() != ".csv":
         return list(read_rows(path))
     if not Path(path).is_file():

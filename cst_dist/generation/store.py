@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cst_dist.config import RunConfig, SamplingConfig
-from cst_dist.data.io import file_sha256, write_json_atomic, write_jsonl_atomic
 from cst_dist.errors import UserError
 from cst_dist.generation.critique import PromptItem, derive_seed
+from cst_dist.io import file_sha256, write_json_atomic, write_jsonl_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

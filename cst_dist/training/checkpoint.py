@@ -26,8 +26,8 @@ import torch
 import yaml
 
 from cst_dist.config import RunConfig, identity_differences, identity_hash
-from cst_dist.data.io import write_json_atomic, write_text_atomic
 from cst_dist.errors import UserError
+from cst_dist.io import write_json_atomic, write_text_atomic
 from cst_dist.training.distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)

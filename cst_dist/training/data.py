@@ -17,9 +17,9 @@ import numpy as np
 
 from cst_dist.config import RunConfig
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
-from cst_dist.data.io import file_sha256, read_parquet_table
 from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
 from cst_dist.errors import UserError
+from cst_dist.io import file_sha256, read_parquet_table
 
 log = logging.getLogger(__name__)
 

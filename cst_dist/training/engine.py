@@ -10,7 +10,6 @@ from cst_dist.config import RunConfig
 from cst_dist.models import load_model, load_model_config, select_dtype
 from cst_dist.training import deepspeed_config
 from cst_dist.training.distributed import DistEnv
-from cst_dist.training.losses import sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +83,3 @@ def setup_reference_engine(config: RunConfig, env: DistEnv):
     log.info("reference engine: ZeRO stage %d, parameter offload %s", ds_config["zero_optimization"]["stage"],
              ds_config["zero_optimization"].get("offload_param", {}).get("device", "none"))
     return engine
-
-
-def forward_logps(model, batch: dict[str, torch.Tensor], num_sequences: int, device: torch.device) -> torch.Tensor:
-    """Summed response log-probs [num_sequences] of one concatenated chosen+rejected batch, padded or packed.
-
-    A packed batch carries position_ids that restart per sequence (flash-attn varlen and SDPA's block-diagonal mask
-    both derive the boundaries from them) and no attention mask.
-    """
-    inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"].to(device)
-    if "sequence_ids" in batch:
-        sequence_ids = batch["sequence_ids"].to(device)
-        return sequence_logps(logits, labels, sequence_ids=sequence_ids, num_sequences=num_sequences)
-    return sequence_logps(logits, labels)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cst_dist.config import RunConfig, load_run_config
-from cst_dist.data.io import atomic_directory, check_output_dir, write_json_atomic
+from cst_dist.io import atomic_directory, check_output_dir, write_json_atomic
 from cst_dist.models import load_model_config, load_tokenizer
 from cst_dist.training.checkpoint import MARKER, checkpoint_root
 

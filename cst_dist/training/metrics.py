@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cst_dist import prompts
-from cst_dist.data.io import write_text_atomic
+from cst_dist.io import write_text_atomic
 from cst_dist.training.distributed import all_reduce_sum
 
 # Sums accumulated over the micro-batches of one step, in this order, reduced in a single collective.

@@ -19,11 +19,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from cst_dist.config import RunConfig
-from cst_dist.data.io import atomic_file, check_writable_dir, file_fingerprint, file_sha256
 from cst_dist.errors import UserError
+from cst_dist.io import atomic_file, check_writable_dir, file_fingerprint, file_sha256
+from cst_dist.logprobs import forward_logps
 from cst_dist.training.data import TokenizedSet, make_collator
 from cst_dist.training.distributed import DistEnv, barrier
-from cst_dist.training.engine import forward_logps, setup_reference_engine
+from cst_dist.training.engine import setup_reference_engine
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "reference_logps.safetensors"

@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 
 from cst_dist.config import RunConfig, identity_hash, training_identity
-from cst_dist.data.io import check_writable_dir, file_sha256
 from cst_dist.errors import UserError
+from cst_dist.io import check_writable_dir, file_sha256
+from cst_dist.logprobs import forward_logps
 from cst_dist.models import load_tokenizer
 from cst_dist.training import checkpoint
 from cst_dist.training.data import StepSampler, load_tokenized_set, make_collator
 from cst_dist.training.deepspeed_config import gradient_accumulation_steps
 from cst_dist.training.distributed import DistEnv, setup_distributed
-from cst_dist.training.engine import forward_logps, setup_policy_engine, setup_reference_engine
+from cst_dist.training.engine import setup_policy_engine, setup_reference_engine
 from cst_dist.training.losses import preference_loss
 from cst_dist.training.metrics import MetricsWriter, StepAccumulator
 from cst_dist.training.reference import load_or_compute_cache

@@ -15,7 +15,7 @@ from cst_dist.data.advbench import (
     split_advbench,
     write_split_csv,
 )
-from cst_dist.data.io import RecordError
+from cst_dist.io import RecordError
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT
 
 

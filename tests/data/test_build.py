@@ -13,8 +13,8 @@ import pytest
 from cst_dist.config import RunConfig
 from cst_dist.data import build as build_module
 from cst_dist.data.build import build_preference_set, load_preference_split
-from cst_dist.data.io import RecordError, file_sha256
 from cst_dist.data.schemas import PREFERENCE_FIELDS
+from cst_dist.io import RecordError, file_sha256
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
 FIELDS = ("system", "prompt", "chosen", "rejected")

@@ -8,9 +8,9 @@ import torch
 from cst_dist import prompts
 from cst_dist.config import DataConfig
 from cst_dist.data.collate import IGNORE_INDEX, PairTokenizer, pack_batch, pad_batch, padding_ratio
-from cst_dist.data.io import RecordError
+from cst_dist.io import RecordError
+from cst_dist.logprobs import sequence_logps
 from cst_dist.models import load_model
-from cst_dist.training.losses import sequence_logps
 
 ROW = {
     "system": prompts.SAFE_SYSTEM_PROMPT,

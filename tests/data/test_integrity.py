@@ -23,7 +23,8 @@ import pytest
 from cst_dist.cli import main
 from cst_dist.config import RunConfig
 from cst_dist.data.build import SPLIT_FILES, build_preference_set
-from cst_dist.data.io import (
+from cst_dist.errors import UserError
+from cst_dist.io import (
     OutputError,
     RecordError,
     atomic_directory,
@@ -32,7 +33,6 @@ from cst_dist.data.io import (
     read_rows,
     write_text_atomic,
 )
-from cst_dist.errors import UserError
 
 TRAIN_FILE = SPLIT_FILES["train"]
 
@@ -194,7 +194,7 @@ def test_staging_of_killed_builds_is_removed_by_the_next_build(tmp_path, caplog)
     retired.mkdir(parents=True)
     other = tmp_path / ".preference-v2.abcd1234.tmp"  # another target's staging: not ours to remove
     other.mkdir()
-    with caplog.at_level(logging.INFO, logger="cst_dist.data.io"):
+    with caplog.at_level(logging.INFO, logger="cst_dist.io"):
         build_preference_set(_config(tmp_path, pairs=[pairs], output=str(output), overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".preference-v2.abcd1234.tmp", "p.jsonl", "preference"]
     assert "removed 2 staging folder(s)" in caplog.text

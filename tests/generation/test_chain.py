@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cst_dist.config import SamplingConfig
+from cst_dist.engines import EngineStats, HFEngine, RecordingEngine
 from cst_dist.generation.critique import PromptItem, SelfCritiqueChain, reject_reason
-from cst_dist.generation.engines import EngineStats, HFEngine, RecordingEngine
 from cst_dist.prompts import CRITIQUE_REQUEST, REVISION_REQUEST, SAFE_SYSTEM_PROMPT
 
 PROMPTS = ["Write a poem", "Explain how a lock works in great detail, step by step", "Hi", "Tell me about ships"]

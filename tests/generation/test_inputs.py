@@ -8,10 +8,10 @@ import pytest
 
 from cst_dist.config import GenerateConfig
 from cst_dist.data.advbench import load_advbench, split_advbench
-from cst_dist.data.io import RecordError
 from cst_dist.generation.cluster import replica_layout
 from cst_dist.generation.inputs import load_prompts
 from cst_dist.generation.store import GenerationError
+from cst_dist.io import RecordError
 
 
 def write_templates(path, count=18):

@@ -14,12 +14,12 @@ from typing import Protocol
 
 import torch
 
+from cst_dist.chat import ChatEncoder, Conversation
 from cst_dist.config import ModelConfig, SamplingConfig
 from cst_dist.errors import UserError
-from cst_dist.models import ensure_model, load_model, load_tokenizer, supports_system_role
+from cst_dist.models import ensure_model, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
-Conversation = list[dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}, ...]
 
 
 class EngineError(UserError, RuntimeError):
@@ -63,7 +63,8 @@ class HFEngine:
             self.model.to(device)
         self.device = self.model.device
         self.batch_size = batch_size
-        self.system_role = supports_system_role(self.tokenizer)
+        self.chat = ChatEncoder(self.tokenizer)
+        self.system_role = self.chat.system_role
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.max_context = self.max_positions
         configured = self.model.generation_config.eos_token_id
@@ -72,10 +73,8 @@ class HFEngine:
         self.stats = EngineStats()
 
     def encode(self, conversation: Conversation) -> list[int]:
-        """Token ids of the conversation + the assistant header. The template writes BOS itself where the model
-        wants one, so the tokenizer must not add another."""
-        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of the conversation + the assistant header: the ids training uses for the same prompt."""
+        return self.chat.encode_conversation(conversation)
 
     def count_tokens(self, conversation: Conversation) -> int:
         return len(self.encode(conversation))
@@ -146,7 +145,8 @@ class VLLMEngine:
             raise EngineError("generate.engine=vllm but vLLM is not installed; install it or use generate.engine=hf")\
                 from exc
         self.tokenizer = load_tokenizer(model_config)
-        self.system_role = supports_system_role(self.tokenizer)
+        self.chat = ChatEncoder(self.tokenizer)
+        self.system_role = self.chat.system_role
         dtype = "bfloat16" if model_config.dtype == "auto" else model_config.dtype
         self.llm = LLM(model=str(ensure_model(model_config)), tensor_parallel_size=max(num_gpus, 1), dtype=dtype,
                        trust_remote_code=model_config.trust_remote_code)
@@ -154,8 +154,7 @@ class VLLMEngine:
         self.stats = EngineStats()
 
     def encode(self, conversation: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.chat.encode_conversation(conversation)
 
     def count_tokens(self, conversation: Conversation) -> int:
         return len(self.encode(conversation))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cst_dist.data.io import RecordError, atomic_directory, read_rows, write_text_atomic
+from cst_dist.io import RecordError, atomic_directory, read_rows, write_text_atomic
 
 
 def test_atomic_directory_keeps_previous_folder_on_failure(tmp_path):
@@ -25,7 +25,7 @@ def test_atomic_file_leaves_no_partial_file(tmp_path):
     target = tmp_path / "x.json"
     write_text_atomic(target, "old")
     with pytest.raises(ValueError):
-        from cst_dist.data.io import atomic_file
+        from cst_dist.io import atomic_file
 
         with atomic_file(target) as handle:
             handle.write("new but half")
@@ -48,7 +48,7 @@ def test_read_rows_names_file_and_line(tmp_path):
 
 
 def test_file_fingerprint_sees_changes_in_large_files(tmp_path):
-    from cst_dist.data.io import file_fingerprint, file_sha256
+    from cst_dist.io import file_fingerprint, file_sha256
 
     small = tmp_path / "small.bin"
     small.write_bytes(b"abc")
