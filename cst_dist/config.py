@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cst_dist.errors import UserError
 from cst_dist.io import write_text_atomic
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Package data (cst_dist/configs/, shipped in the wheel); the top-level configs/ of a checkout is a symlink to it.
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(UserError, ValueError):

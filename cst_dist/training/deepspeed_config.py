@@ -9,7 +9,8 @@ from typing import Any
 
 from cst_dist.config import ConfigError, TrainConfig
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+# Package data (cst_dist/ds_configs/, shipped in the wheel); the top-level ds_configs/ of a checkout links to it.
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
 
 def load_template(name: str) -> dict[str, Any]:
