@@ -297,20 +297,23 @@ def cst_precompute_worker(spec: dict) -> dict:
     import torch.distributed as dist
 
     from cst_dist.config import load_config
-    from cst_dist.models import load_tokenizer
-    from cst_dist.training.data import load_tokenized_set
+    from cst_dist.models import load_tokenizer, resolve_model
+    from cst_dist.training.data import BatchPlan, load_tokenized_set, make_collator
     from cst_dist.training.distributed import setup_distributed
-    from cst_dist.training.reference import cache_path, load_or_compute_cache
+    from cst_dist.training.reference import cache_path
+    from cst_dist.training.trainer import setup_reference
 
     config = load_config("tiny-cpu", spec["overrides"])
     env = setup_distributed()
     tokenizer = load_tokenizer(config.model)
-    data = load_tokenized_set(config, tokenizer)
-    cache = cache_path(config)
+    model = resolve_model(config.model, env.device)
+    data = load_tokenized_set(config.train_data_dir, config.data, tokenizer)
+    cache = cache_path(config.train, config.run_dir)
     if cache.exists():
         cache.unlink()
+    collate = make_collator(config.data, tokenizer.pad_token_id, model.attn_implementation)
     started = time.perf_counter()
-    load_or_compute_cache(config, env, tokenizer, data)
+    setup_reference(config, model, BatchPlan.of(config.train, env.world_size), env, tokenizer, data, collate)
     seconds = time.perf_counter() - started
     if dist.is_initialized():
         dist.destroy_process_group()

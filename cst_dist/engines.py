@@ -17,7 +17,7 @@ import torch
 from cst_dist.chat import ChatEncoder, Conversation
 from cst_dist.config import ModelConfig, SamplingConfig
 from cst_dist.errors import UserError
-from cst_dist.models import ensure_model, load_model, load_tokenizer
+from cst_dist.models import ensure_model, load_model, load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # generation appends on the right, so padding goes left
         # A replica spanning several GPUs is split layer-wise by accelerate; one device otherwise.
         extra = {"device_map": "auto"} if num_gpus > 1 and device == "cuda" else {}
-        self.model = load_model(model_config, device, **extra).eval()
+        self.model = load_model(resolve_model(model_config, device), **extra).eval()
         if not extra:
             self.model.to(device)
         self.device = self.model.device

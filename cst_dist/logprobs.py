@@ -104,8 +104,10 @@ def sequence_logps(
     return totals / counts.clamp(min=1)
 
 
-def forward_logps(model, batch: dict[str, torch.Tensor], num_sequences: int, device: torch.device) -> torch.Tensor:
-    """Summed response log-probs [num_sequences] of one concatenated chosen+rejected batch, padded or packed.
+def forward_logps(model, batch: dict[str, torch.Tensor], num_sequences: int, device: torch.device,
+                  average: bool = False) -> Tensor:
+    """Summed (or, `average=True`, token-averaged) response log-probs [num_sequences] of one concatenated
+    chosen+rejected batch, padded or packed.
 
     A packed batch carries position_ids that restart per sequence (flash-attn varlen and SDPA's block-diagonal mask
     both derive the boundaries from them) and no attention mask.
@@ -115,5 +117,10 @@ def forward_logps(model, batch: dict[str, torch.Tensor], num_sequences: int, dev
     labels = batch["labels"].to(device)
     if "sequence_ids" in batch:
         sequence_ids = batch["sequence_ids"].to(device)
-        return sequence_logps(logits, labels, sequence_ids=sequence_ids, num_sequences=num_sequences)
-    return sequence_logps(logits, labels)
+        return sequence_logps(logits, labels, sequence_ids=sequence_ids, num_sequences=num_sequences, average=average)
+    return sequence_logps(logits, labels, average=average)
+
+
+def batch_token_counts(batch: dict[str, torch.Tensor], num_sequences: int) -> Tensor:
+    """Counted response tokens [num_sequences] of a collated batch: turns summed log-probs into averages."""
+    return sequence_token_counts(batch["labels"], batch.get("sequence_ids"), num_sequences)

@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -188,24 +189,43 @@ def select_dtype(requested: str, device: torch.device | str = "cpu") -> torch.dt
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]
 
 
-def load_model(config: ModelConfig, device: torch.device | str = "cpu", **kwargs):
-    """A causal LM from the local folder; safetensors preferred, remote code only when the config allows it."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a stage works out once about its model and passes on: where it is, its width, and how it runs here."""
+
+    config: ModelConfig
+    path: Path
+    attn_implementation: str
+    dtype: torch.dtype
+    hidden_size: int
+
+
+def resolve_model(config: ModelConfig, device: torch.device | str = "cpu") -> ModelSpec:
+    """Check the folder (building the tiny model if configured), read its config once, pick backend and dtype."""
+    path = ensure_model(config)
+    hidden_size = getattr(load_model_config(config), "hidden_size", 0)
+    attn = select_attn_implementation(config.attn_implementation, device)
+    return ModelSpec(config, path, attn, select_dtype(config.dtype, device), hidden_size)
+
+
+def load_model(spec: ModelSpec, **kwargs):
+    """A causal LM from the local folder with the spec's backend and dtype; safetensors preferred, remote code only
+    when the config allows it."""
     from transformers import AutoModelForCausalLM
 
-    path = ensure_model(config)
+    path = spec.path
     if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
         raise ModelLoadError(
             f"model folder {str(path)!r} (model.path) has no weights ({' or '.join(WEIGHT_PATTERNS)}); copy the "
             "model's weight files into it"
         )
-    attn = select_attn_implementation(config.attn_implementation, device)
-    log.info("attention backend: %s", attn)
+    log.info("attention backend: %s", spec.attn_implementation)
     try:
         return AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=select_dtype(config.dtype, device),
-            attn_implementation=attn,
-            trust_remote_code=config.trust_remote_code,
+            dtype=spec.dtype,
+            attn_implementation=spec.attn_implementation,
+            trust_remote_code=spec.config.trust_remote_code,
             use_safetensors=any(path.glob("*.safetensors")) or None,
             local_files_only=True,
             **kwargs,

@@ -10,7 +10,7 @@ import pytest
 
 from cst_dist.cli import main
 from cst_dist.config import ModelConfig, TinyModelConfig, load_config
-from cst_dist.models import ModelLoadError, ensure_model, load_model, load_tokenizer
+from cst_dist.models import ModelLoadError, ensure_model, load_model, load_tokenizer, resolve_model
 
 
 def broken_copy(tiny_model_config, tmp_path, remove=(), config_text=None):
@@ -46,7 +46,7 @@ def test_missing_tokenizer_files_are_named_not_sentencepiece(tiny_model_config, 
 
 def test_missing_weights(tiny_model_config, tmp_path):
     config = broken_copy(tiny_model_config, tmp_path, remove=("model.safetensors",))
-    one_line_error(lambda: load_model(config), "has no weights", "*.safetensors")
+    one_line_error(lambda: load_model(resolve_model(config)), "has no weights", "*.safetensors")
 
 
 def test_hub_name_fails_in_one_line_without_network(tmp_path, capsys, monkeypatch):

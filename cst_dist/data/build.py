@@ -159,17 +159,34 @@ def _claim_id(row: dict[str, str], path: str, number: int, seen: dict[str, tuple
     return {name: row[name] for name in PREFERENCE_FIELDS}
 
 
+def _pair_key(row: dict[str, str]) -> str:
+    """Rows built from one pair (its `-s1` and `-s0` rows) share a key; any other row is its own group."""
+    stem, _, suffix = row["id"].rpartition("-")
+    return stem if row["task"] == HARMLESS_TASK and suffix in ("s0", "s1") and stem else row["id"]
+
+
 def _split(rows: list[dict[str, str]], eval_fraction: float, seed: int) -> dict[str, list[dict[str, str]]]:
-    """Seeded shuffle, then the first `eval_fraction` of the shuffled rows form the eval split."""
+    """Seeded shuffle, then whole pairs, in shuffled order, fill the eval split up to `eval_fraction` of the rows:
+    the s1 and s0 rows of one prompt never land in different splits (eval would otherwise see a trained prompt)."""
     order = np.random.default_rng(seed).permutation(len(rows))
     shuffled = [rows[int(index)] for index in order]
-    n_eval = 0
-    if eval_fraction > 0:
-        # At least one eval row when asked for one, and never the whole set.
-        n_eval = min(max(1, round(len(shuffled) * eval_fraction)), len(shuffled) - 1)
-    splits = {"train": shuffled[n_eval:]}
-    if n_eval:
-        splits["eval"] = shuffled[:n_eval]
+    if eval_fraction <= 0:
+        return {"train": shuffled}
+    # At least one eval row when asked for one, and never the whole set.
+    budget = min(max(1, round(len(shuffled) * eval_fraction)), len(shuffled) - 1)
+    sizes: dict[str, int] = {}
+    for row in shuffled:
+        sizes[_pair_key(row)] = sizes.get(_pair_key(row), 0) + 1
+    chosen: set[str] = set()
+    for key, size in sizes.items():  # dicts keep the shuffled order of first appearance
+        if size <= budget:
+            chosen.add(key)
+            budget -= size
+        if not budget:
+            break
+    splits = {"train": [row for row in shuffled if _pair_key(row) not in chosen]}
+    if chosen:
+        splits["eval"] = [row for row in shuffled if _pair_key(row) in chosen]
     return splits
 
 

@@ -127,7 +127,7 @@ def pack_batch(
 
     Returns input_ids, labels, position_ids, sequence_ids: [R, W] (position ids restart at 0 for every sequence, which
     is how flash-attn varlen and transformers' SDPA mask find the boundaries; sequence_ids index the 2B sequences),
-    cu_seqlens: int32 boundaries over the flattened rows, max_seqlen (int). Row tails are padding with masked labels.
+    Row tails are padding with masked labels.
     Mask-based attention costs O(tokens x row length), so rows are capped there; flash-attn varlen needs no cap.
     """
     sequences = _sequences(pairs)
@@ -150,7 +150,6 @@ def pack_batch(
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     sequence_ids = torch.zeros(shape, dtype=torch.long)
-    lengths = []
     for r, row in enumerate(rows):
         offset = 0
         for index in sorted(row):
@@ -160,15 +159,11 @@ def pack_batch(
             labels[r, span] = torch.tensor(_labels(ids, prompt_length))
             position_ids[r, span] = torch.arange(len(ids))
             sequence_ids[r, span] = index
-            lengths.append(len(ids))
             offset += len(ids)
         if offset < width:  # the tail is one padding "sequence": its labels are masked, any valid id will do
             position_ids[r, offset:] = torch.arange(width - offset)
-            lengths.append(width - offset)
-    cu_seqlens = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
     return {
         "input_ids": input_ids, "labels": labels, "position_ids": position_ids, "sequence_ids": sequence_ids,
-        "cu_seqlens": cu_seqlens, "max_seqlen": max(lengths),
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cst_dist.config import RunConfig
+from cst_dist.config import ConfigError, DataConfig, TrainConfig
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
 from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
 from cst_dist.errors import UserError
@@ -36,20 +36,20 @@ class TokenizedSet:
     source: Path
 
 
-def load_tokenized_set(config: RunConfig, tokenizer, split: str = "train") -> TokenizedSet:
+def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: str = "train") -> TokenizedSet:
     """Read the `cst build` output and tokenize every row (rows over length: the `data.over_length` policy).
 
     The folder must be what `cst build` wrote: its manifest's checksums must match the Parquet files, and every row
     must hold the six string fields. Anything else is an error naming the file (and row, and column).
     """
-    folder = config.train_data_dir
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise EmptyDataError(f"train.data {folder} is a file, not a preference set folder; run `cst build` first")
     files = sorted((folder / "data").glob(f"{split}-*.parquet"))
     if not files:
         raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
     verify_manifest(folder)
-    encoder = PairTokenizer(tokenizer, config.data)
+    encoder = PairTokenizer(tokenizer, data_config)
     pairs, ids = [], []
     for file in files:
         for row_number, row in _preference_rows(file):
@@ -96,28 +96,50 @@ def _preference_rows(file: Path) -> list[tuple[int, dict[str, str]]]:
             for number, raw in enumerate(raw_rows, start=1)]
 
 
-def make_collator(config: RunConfig, pad_token_id: int, attn_implementation: str) -> Callable[[list], dict]:
+def make_collator(data_config: DataConfig, pad_token_id: int, attn_implementation: str) -> Callable[[list], dict]:
     """Padded batches, or packed ones; packed rows are capped only for mask-based attention (SDPA, eager), whose cost
     grows with the row length, while flash-attn varlen takes one row of any length at per-sequence cost."""
-    if not config.data.packing:
+    if not data_config.packing:
         return partial(pad_batch, pad_token_id=pad_token_id)
-    row_tokens = config.data.pack_row_tokens
+    row_tokens = data_config.pack_row_tokens
     if row_tokens is None and attn_implementation != "flash_attention_2":
-        row_tokens = config.data.max_length
+        row_tokens = data_config.max_length
     return partial(pack_batch, pad_token_id=pad_token_id, row_tokens=row_tokens)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The global batch is fixed by the config; accumulation is derived from it once, here, and passed on to the
+    sampler and the DeepSpeed config."""
+
+    global_batch_size: int
+    micro_batch_size: int
+    world_size: int
+
+    @classmethod
+    def of(cls, train: TrainConfig, world_size: int) -> BatchPlan:
+        if train.global_batch_size % (train.micro_batch_size * world_size):
+            raise ConfigError(
+                f"train.global_batch_size={train.global_batch_size} is not divisible by train.micro_batch_size="
+                f"{train.micro_batch_size} x {world_size} ranks; change one of them"
+            )
+        return cls(train.global_batch_size, train.micro_batch_size, world_size)
+
+    @property
+    def accumulation(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.world_size)
 
 
 class StepSampler:
     """Which row indices each rank's micro-batches use at a given optimizer step."""
 
-    def __init__(self, num_rows: int, global_batch_size: int, micro_batch_size: int, world_size: int, seed: int):
-        if num_rows < global_batch_size:
+    def __init__(self, num_rows: int, plan: BatchPlan, seed: int):
+        if num_rows < plan.global_batch_size:
             raise EmptyDataError(
-                f"{num_rows} training rows are fewer than train.global_batch_size={global_batch_size}"
+                f"{num_rows} training rows are fewer than train.global_batch_size={plan.global_batch_size}"
             )
-        self.num_rows, self.global_batch_size = num_rows, global_batch_size
-        self.micro_batch_size, self.world_size, self.seed = micro_batch_size, world_size, seed
-        self.steps_per_epoch = num_rows // global_batch_size  # the last partial batch is dropped
+        self.num_rows, self.plan, self.seed = num_rows, plan, seed
+        self.steps_per_epoch = num_rows // plan.global_batch_size  # the last partial batch is dropped
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
@@ -125,11 +147,11 @@ class StepSampler:
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """Row indices of each micro-batch this rank runs at `step`; micro-batch k of rank r holds global slots
         [(k * world + r) * micro, ... + micro), so changing ranks or accumulation keeps the global batch the same."""
+        plan = self.plan
         epoch, within = divmod(step, self.steps_per_epoch)
-        start = within * self.global_batch_size
-        rows = self.epoch_order(epoch)[start : start + self.global_batch_size].tolist()
-        accumulation = self.global_batch_size // (self.micro_batch_size * self.world_size)
+        start = within * plan.global_batch_size
+        rows = self.epoch_order(epoch)[start : start + plan.global_batch_size].tolist()
         return [
-            rows[(k * self.world_size + rank) * self.micro_batch_size :][: self.micro_batch_size]
-            for k in range(accumulation)
+            rows[(k * plan.world_size + rank) * plan.micro_batch_size :][: plan.micro_batch_size]
+            for k in range(plan.accumulation)
         ]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cst_dist.config import ConfigError, TrainConfig
+from cst_dist.training.data import BatchPlan
 
 # Package data (cst_dist/ds_configs/, shipped in the wheel); the top-level ds_configs/ of a checkout links to it.
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
@@ -15,17 +16,6 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
 def load_template(name: str) -> dict[str, Any]:
     return json.loads((TEMPLATE_DIR / f"{name}.json").read_text())
-
-
-def gradient_accumulation_steps(train: TrainConfig, world_size: int) -> int:
-    """The global batch is fixed by the config; accumulation is derived from it and must divide exactly."""
-    per_step = train.micro_batch_size * world_size
-    if train.global_batch_size % per_step:
-        raise ConfigError(
-            f"train.global_batch_size={train.global_batch_size} is not divisible by train.micro_batch_size="
-            f"{train.micro_batch_size} x {world_size} ranks; change one of them"
-        )
-    return train.global_batch_size // per_step
 
 
 def fill_auto(
@@ -61,16 +51,16 @@ def fill_auto(
     return config
 
 
-def policy_config(train: TrainConfig, world_size: int, bf16: bool, hidden_size: int) -> dict[str, Any]:
+def policy_config(train: TrainConfig, plan: BatchPlan, bf16: bool, hidden_size: int) -> dict[str, Any]:
     template = load_template("zero3_policy_offload_optimizer" if train.optimizer_offload else "zero3_policy")
     return fill_auto(
-        template, micro_batch_size=train.micro_batch_size, accumulation=gradient_accumulation_steps(train, world_size),
-        world_size=world_size, max_grad_norm=train.max_grad_norm, bf16=bf16, hidden_size=hidden_size,
+        template, micro_batch_size=plan.micro_batch_size, accumulation=plan.accumulation,
+        world_size=plan.world_size, max_grad_norm=train.max_grad_norm, bf16=bf16, hidden_size=hidden_size,
         zero_stage=train.zero_stage,
     )
 
 
-def reference_config(train: TrainConfig, world_size: int, bf16: bool, hidden_size: int) -> dict[str, Any]:
+def reference_config(train: TrainConfig, plan: BatchPlan, bf16: bool, hidden_size: int) -> dict[str, Any]:
     """Inference-only engine for the frozen reference: ZeRO-3 with parameters offloaded to CPU (`offload`), ZeRO-3
     on the device (`gpu`), or stage 0, a full replica per rank, when `train.reference_zero_stage=0`."""
     if train.reference == "offload" and train.reference_zero_stage != 3:
@@ -79,8 +69,8 @@ def reference_config(train: TrainConfig, world_size: int, bf16: bool, hidden_siz
     if train.reference != "offload":
         template["zero_optimization"].pop("offload_param", None)
     config = fill_auto(
-        template, micro_batch_size=train.micro_batch_size, accumulation=gradient_accumulation_steps(train, world_size),
-        world_size=world_size, max_grad_norm=train.max_grad_norm, bf16=bf16, hidden_size=hidden_size,
+        template, micro_batch_size=plan.micro_batch_size, accumulation=plan.accumulation,
+        world_size=plan.world_size, max_grad_norm=train.max_grad_norm, bf16=bf16, hidden_size=hidden_size,
         zero_stage=train.reference_zero_stage,
     )
     config.pop("gradient_clipping", None)

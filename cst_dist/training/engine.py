@@ -1,4 +1,4 @@
-"""DeepSpeed engines for the policy (trained) and the reference (frozen), and the one forward both use."""
+"""DeepSpeed engines for the policy (trained) and the reference (frozen); both run `cst_dist.logprobs.forward_logps`."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import logging
 
 import torch
 
-from cst_dist.config import RunConfig
-from cst_dist.models import load_model, load_model_config, select_dtype
+from cst_dist.config import TrainConfig
+from cst_dist.models import ModelSpec, load_model
 from cst_dist.training import deepspeed_config
-from cst_dist.training.distributed import DistEnv
+from cst_dist.training.data import BatchPlan
 
 log = logging.getLogger(__name__)
 
 
-def load_partitioned_model(config: RunConfig, ds_config: dict, env: DistEnv):
+def load_partitioned_model(spec: ModelSpec, ds_config: dict):
     """Load the model so that, under ZeRO-3, every rank holds only its partition, never a full host copy.
 
     transformers checks a live HfDeepSpeedConfig while `from_pretrained` runs; it must exist before the call.
@@ -22,7 +22,7 @@ def load_partitioned_model(config: RunConfig, ds_config: dict, env: DistEnv):
     from transformers.integrations import HfDeepSpeedConfig
 
     keep_alive = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
-    model = load_model(config.model, env.device)
+    model = load_model(spec)
     del keep_alive
     disable_dropout(model)
     model.config.use_cache = False  # a KV cache also disables the packed-sequence mask in transformers
@@ -39,22 +39,14 @@ def disable_dropout(model: torch.nn.Module) -> None:
             setattr(model.config, name, 0.0)
 
 
-def _bf16(config: RunConfig, env: DistEnv) -> bool:
-    return select_dtype(config.model.dtype, env.device) == torch.bfloat16
-
-
-def _hidden_size(config: RunConfig) -> int:
-    return load_model_config(config.model).hidden_size
-
-
-def setup_policy_engine(config: RunConfig, env: DistEnv, total_steps: int):
+def setup_policy_engine(spec: ModelSpec, train: TrainConfig, plan: BatchPlan, total_steps: int):
     """Policy under ZeRO-3 with AdamW and a linear/cosine schedule; returns (engine, lr scheduler)."""
     import deepspeed
     from transformers import get_scheduler
 
-    train = config.train
-    ds_config = deepspeed_config.policy_config(train, env.world_size, _bf16(config, env), _hidden_size(config))
-    model = load_partitioned_model(config, ds_config, env)
+    bf16 = spec.dtype == torch.bfloat16
+    ds_config = deepspeed_config.policy_config(train, plan, bf16, spec.hidden_size)
+    model = load_partitioned_model(spec, ds_config)
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(
@@ -70,13 +62,12 @@ def setup_policy_engine(config: RunConfig, env: DistEnv, total_steps: int):
     return engine, scheduler
 
 
-def setup_reference_engine(config: RunConfig, env: DistEnv):
+def setup_reference_engine(spec: ModelSpec, train: TrainConfig, plan: BatchPlan):
     """The frozen reference as a DeepSpeed inference engine (ZeRO-3, parameters offloaded to CPU by default)."""
     import deepspeed
 
-    train, bf16, hidden = config.train, _bf16(config, env), _hidden_size(config)
-    ds_config = deepspeed_config.reference_config(train, env.world_size, bf16, hidden)
-    model = load_partitioned_model(config, ds_config, env)
+    ds_config = deepspeed_config.reference_config(train, plan, spec.dtype == torch.bfloat16, spec.hidden_size)
+    model = load_partitioned_model(spec, ds_config)
     model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.eval()

@@ -77,8 +77,9 @@ def preference_loss(
 
     All four inputs are sequence log-probabilities of shape [B] (see `sequence_logps`). The reference ones normally
     carry no gradient. `loss_type` is one of `LOSS_TYPES`: "sigmoid" (DPO / cDPO), "ipo", "hinge" (SLiC) or "robust".
-    IPO is meant for length-averaged log-probs, i.e. `sequence_logps(..., average=True)`; with summed log-probs its
-    target margin 1/(2*beta) is reached only for very short responses.
+    IPO is meant for length-averaged log-probs, i.e. `sequence_logps(..., average=True)` (the trainer passes those
+    for `loss_type="ipo"`); with summed log-probs its target margin 1/(2*beta) is reached only for very short
+    responses.
 
     Returns `(losses, chosen_rewards, rejected_rewards)`, each of shape [B], not reduced. The rewards are
     `beta * (policy - reference)` for the chosen and rejected responses, detached (for logging and accuracy).

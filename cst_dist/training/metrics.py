@@ -79,6 +79,7 @@ class StepAccumulator:
         for label in ("s1", "s0"):
             count = total[f"examples/{label}"]
             if count:
+                metrics[f"examples/{label}"] = count  # the mix behind the per-prompt accuracy
                 metrics[f"rewards/accuracies/{label}"] = total[f"rewards/accuracies/{label}"] / count
         metrics["tokens/real"] = total["tokens/real"]
         metrics["padding_ratio"] = 1.0 - total["tokens/real"] / max(total["tokens/slots"], 1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,13 +19,13 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from cst_dist.config import RunConfig
+from cst_dist.config import DataConfig, TrainConfig
 from cst_dist.errors import UserError
 from cst_dist.io import atomic_file, check_writable_dir, file_fingerprint, file_sha256
-from cst_dist.logprobs import forward_logps
-from cst_dist.training.data import TokenizedSet, make_collator
+from cst_dist.logprobs import batch_token_counts, forward_logps
+from cst_dist.models import ModelSpec
+from cst_dist.training.data import TokenizedSet
 from cst_dist.training.distributed import DistEnv, barrier
-from cst_dist.training.engine import setup_reference_engine
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "reference_logps.safetensors"
@@ -34,29 +35,25 @@ class ReferenceCacheMismatch(UserError, ValueError):
     pass
 
 
-def cache_key_parts(config: RunConfig, tokenizer, data: TokenizedSet) -> dict[str, str]:
-    model_dir = Path(config.model.path)
+def cache_key_parts(spec: ModelSpec, data_config: DataConfig, tokenizer, data: TokenizedSet) -> dict[str, str]:
+    """Hashes of everything the cached numbers depend on: the rows, the reference weights, the tokenization."""
+    model_dir = spec.path
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     return {
         "data": hashlib.sha256("".join(file_sha256(p) for p in sorted((data.source / "data").glob("*.parquet")))
                                .encode()).hexdigest(),
         "reference": hashlib.sha256("".join(file_fingerprint(p) for p in weights).encode()).hexdigest(),
         "tokenization": hashlib.sha256(json.dumps(
-            [config.data.model_dump(exclude={"packing"}), tokenizer.chat_template, len(tokenizer), config.model.dtype],
+            [data_config.model_dump(exclude={"packing"}), tokenizer.chat_template, len(tokenizer), spec.config.dtype],
             sort_keys=True,
         ).encode()).hexdigest(),
     }
 
 
 @torch.no_grad()
-def compute_reference_logps(config: RunConfig, env: DistEnv, tokenizer, data: TokenizedSet, engine=None):
-    """[rows, 2] (chosen, rejected) reference log-probs of every row; micro-batches are spread over the ranks.
-
-    ZeRO-3 needs every rank in every forward, so the last round repeats a batch on ranks that ran out of rows.
-    """
-    engine = engine or setup_reference_engine(config, env)
-    collate = make_collator(config, tokenizer.pad_token_id, engine.module.config._attn_implementation)
-    size = config.train.micro_batch_size
+def compute_reference_logps(engine, collate: Callable[[list], dict], data: TokenizedSet, size: int, env: DistEnv):
+    """[rows, 2] (chosen, rejected) summed reference log-probs of every row, in micro-batches of `size` spread over
+    the ranks. ZeRO-3 needs every rank in every forward, so the last round repeats a batch on ranks that ran out."""
     chunks = [list(range(i, min(i + size, len(data.pairs)))) for i in range(0, len(data.pairs), size)]
     rounds = -(-len(chunks) // env.world_size)
     results: dict[int, tuple[float, float]] = {}
@@ -75,8 +72,8 @@ def compute_reference_logps(config: RunConfig, env: DistEnv, tokenizer, data: To
     return torch.tensor([merged[row] for row in range(len(data.pairs))], dtype=torch.float32)
 
 
-def cache_path(config: RunConfig) -> Path:
-    return Path(config.train.reference_cache or Path(config.run_dir) / CACHE_NAME)
+def cache_path(train: TrainConfig, run_dir: str | Path) -> Path:
+    return Path(train.reference_cache or Path(run_dir) / CACHE_NAME)
 
 
 def _ids_hash(ids: list[str]) -> str:
@@ -104,19 +101,45 @@ def read_cache(path: Path, parts: dict[str, str], ids: list[str]) -> torch.Tenso
         ) from None
 
 
-def load_or_compute_cache(config: RunConfig, env: DistEnv, tokenizer, data: TokenizedSet) -> torch.Tensor:
-    path = cache_path(config)
-    parts = cache_key_parts(config, tokenizer, data)
+def load_or_compute_cache(path: Path, parts: dict[str, str], data: TokenizedSet, env: DistEnv,
+                          compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The cached log-probs when the cache matches `parts` and the rows; else `compute()` once and cache it."""
     if path.is_file():
         logps = read_cache(path, parts, data.ids)
         log.info("reference log-probs: cache hit %s (reference model not loaded)", path)
         return logps
     check_writable_dir(path.parent, "train.reference_cache folder")  # before the pass, not after an hour of it
     log.info("reference log-probs: computing %d rows once into %s", len(data.pairs), path)
-    logps = compute_reference_logps(config, env, tokenizer, data)
+    logps = compute()
     if env.is_rank_zero:
         metadata = {"key": json.dumps(parts, sort_keys=True), "ids": _ids_hash(data.ids), "rows": str(len(data.ids))}
         with atomic_file(path, "wb") as handle:
             handle.write(safetensors_bytes({"logps": logps.contiguous()}, metadata=metadata))
     barrier()
     return logps
+
+
+class PrecomputedReference:
+    """Reference log-probs read from the cache: [rows, 2] summed (chosen, rejected)."""
+
+    def __init__(self, logps: torch.Tensor):
+        self.logps = logps
+
+    def __call__(self, rows: list[int], batch: dict, device: torch.device, average: bool):
+        ref = self.logps[rows].to(device)
+        if average:  # the cache holds sums; the batch's labels give the token counts
+            counts = batch_token_counts(batch, 2 * len(rows)).to(device).clamp(min=1)
+            ref = ref / torch.stack([counts[: len(rows)], counts[len(rows):]], dim=1)
+        return ref[:, 0], ref[:, 1]
+
+
+class LiveReference:
+    """Reference log-probs from the frozen reference engine, on the same batch as the policy."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    @torch.no_grad()
+    def __call__(self, rows: list[int], batch: dict, device: torch.device, average: bool):
+        ref = forward_logps(self.engine, batch, 2 * len(rows), device, average=average)
+        return ref[: len(rows)], ref[len(rows):]

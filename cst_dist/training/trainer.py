@@ -15,19 +15,26 @@ from pathlib import Path
 
 import torch
 
-from cst_dist.config import RunConfig, identity_hash, training_identity
+from cst_dist.config import RunConfig, TrainConfig, identity_hash, training_identity
+from cst_dist.data.collate import EncodedPair
 from cst_dist.errors import UserError
 from cst_dist.io import check_writable_dir, file_sha256
 from cst_dist.logprobs import forward_logps
-from cst_dist.models import load_tokenizer
+from cst_dist.models import ModelSpec, load_tokenizer, resolve_model
 from cst_dist.training import checkpoint
-from cst_dist.training.data import StepSampler, load_tokenized_set, make_collator
-from cst_dist.training.deepspeed_config import gradient_accumulation_steps
+from cst_dist.training.data import BatchPlan, StepSampler, TokenizedSet, load_tokenized_set, make_collator
 from cst_dist.training.distributed import DistEnv, setup_distributed
 from cst_dist.training.engine import setup_policy_engine, setup_reference_engine
 from cst_dist.training.losses import preference_loss
 from cst_dist.training.metrics import MetricsWriter, StepAccumulator
-from cst_dist.training.reference import load_or_compute_cache
+from cst_dist.training.reference import (
+    LiveReference,
+    PrecomputedReference,
+    cache_key_parts,
+    cache_path,
+    compute_reference_logps,
+    load_or_compute_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,32 +82,27 @@ def train(config: RunConfig) -> TrainResult:
     run_hash = identity_hash(identity)
     resume_from = checkpoint.prepare_run_folder(config.run_dir, identity, train_cfg.resume, train_cfg.overwrite, env)
     torch.manual_seed(train_cfg.seed)
+    spec = resolve_model(config.model, env.device)  # config.json read once; backend and dtype chosen once
     tokenizer = load_tokenizer(config.model)
-    data = load_tokenized_set(config, tokenizer)
-    sampler = StepSampler(len(data.pairs), train_cfg.global_batch_size, train_cfg.micro_batch_size,
-                          env.world_size, train_cfg.seed)
+    data = load_tokenized_set(config.train_data_dir, config.data, tokenizer)
+    plan = BatchPlan.of(train_cfg, env.world_size)
+    sampler = StepSampler(len(data.pairs), plan, train_cfg.seed)
     total_steps = train_cfg.max_steps or sampler.steps_per_epoch * train_cfg.epochs
-    accumulation = gradient_accumulation_steps(train_cfg, env.world_size)
     if env.is_rank_zero:
         log.info("%d rows, %d ranks x micro-batch %d x accumulation %d = global batch %d; %d steps",
-                 len(data.pairs), env.world_size, train_cfg.micro_batch_size, accumulation,
-                 train_cfg.global_batch_size, total_steps)
+                 len(data.pairs), env.world_size, plan.micro_batch_size, plan.accumulation, plan.global_batch_size,
+                 total_steps)
+    collate = make_collator(config.data, tokenizer.pad_token_id, spec.attn_implementation)
 
     # Precompute before the policy exists, so the reference and the policy never share device memory.
-    reference_logps = reference_engine = None
-    if train_cfg.reference == "precomputed":
-        reference_logps = load_or_compute_cache(config, env, tokenizer, data)
-    else:
-        reference_engine = setup_reference_engine(config, env)
-    engine, scheduler = setup_policy_engine(config, env, total_steps)
-    collate = make_collator(config, tokenizer.pad_token_id, engine.module.config._attn_implementation)
-    config_yaml = checkpoint.dump_config(config)
-
+    reference = setup_reference(config, spec, plan, env, tokenizer, data, collate)
+    engine, scheduler = setup_policy_engine(spec, train_cfg, plan, total_steps)
     step = 0
     if resume_from is not None:
         step = checkpoint.load_checkpoint(engine, env, resume_from)["step"]
     if env.is_rank_zero:  # the stage has started: only now does the run folder record this run and its config
         checkpoint.record_run(config.run_dir, identity, config)
+    config_yaml = checkpoint.dump_config(config)
     writer = MetricsWriter(config.run_dir, env.is_rank_zero, resume_step=step)
     stop = StopFlag()
     metrics: dict[str, float] = {}
@@ -111,28 +113,8 @@ def train(config: RunConfig) -> TrainResult:
             started = time.perf_counter()
             accumulator = StepAccumulator()
             for rows in sampler.micro_batches(step, env.rank):
-                pairs = [data.pairs[i] for i in rows]
-                batch = collate(pairs)
-                # One forward for chosen (first half) and rejected (second half).
-                policy_logps = forward_logps(engine, batch, 2 * len(rows), env.device)
-                if reference_logps is not None:
-                    ref = reference_logps[rows].to(env.device)
-                    ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
-                else:
-                    with torch.no_grad():
-                        ref = forward_logps(reference_engine, batch, 2 * len(rows), env.device)
-                    ref_chosen, ref_rejected = ref[: len(rows)], ref[len(rows):]
-                policy_chosen, policy_rejected = policy_logps[: len(rows)], policy_logps[len(rows):]
-                losses, chosen_rewards, rejected_rewards = preference_loss(
-                    policy_chosen.float(), policy_rejected.float(), ref_chosen.float(), ref_rejected.float(),
-                    beta=train_cfg.beta, loss_type=train_cfg.loss_type, label_smoothing=train_cfg.label_smoothing,
-                )
-                engine.backward(losses.mean())  # DeepSpeed divides by the accumulation steps
-                engine.step()  # steps optimizer and scheduler only at the accumulation boundary
-                accumulator.add_batch(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected,
-                                      [p.system for p in pairs])
-                accumulator.add("tokens/real", sum(sum(p.lengths()) for p in pairs))
-                accumulator.add("tokens/slots", batch["input_ids"].numel())
+                micro_step(engine, reference, [data.pairs[i] for i in rows], rows, collate, train_cfg, env,
+                           accumulator)
             accumulator.add("stop_requested", float(stop.requested))
             step += 1
 
@@ -149,7 +131,8 @@ def train(config: RunConfig) -> TrainResult:
                    "peak_memory_gib": peak_memory_gib(env.device), "epoch": step / sampler.steps_per_epoch},
             )
             stop_now = metrics.pop("stop_requested")
-            writer.write(step, metrics)
+            if step % train_cfg.log_steps == 0 or step == total_steps or stop_now:
+                writer.write(step, metrics)
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
             if step % train_cfg.save_steps == 0 or step == total_steps or stop_now:
@@ -163,6 +146,44 @@ def train(config: RunConfig) -> TrainResult:
         progress.close()
         writer.close()
     return TrainResult(metrics, step, total_steps, stopped)
+
+
+def micro_step(engine, reference, pairs: list[EncodedPair], rows: list[int], collate, train_cfg: TrainConfig,
+               env: DistEnv, accumulator: StepAccumulator) -> None:
+    """Forward chosen+rejected in one pass, the reference's log-probs, the loss, backward; sums into `accumulator`."""
+    batch = collate(pairs)
+    # IPO regresses length-averaged log-ratios (Azar et al. 2023, as TRL computes it); the other losses use sums.
+    average = train_cfg.loss_type == "ipo"
+    policy_logps = forward_logps(engine, batch, 2 * len(rows), env.device, average=average)
+    ref_chosen, ref_rejected = reference(rows, batch, env.device, average)
+    policy_chosen, policy_rejected = policy_logps[: len(rows)], policy_logps[len(rows):]
+    losses, chosen_rewards, rejected_rewards = preference_loss(
+        policy_chosen.float(), policy_rejected.float(), ref_chosen.float(), ref_rejected.float(),
+        beta=train_cfg.beta, loss_type=train_cfg.loss_type, label_smoothing=train_cfg.label_smoothing,
+    )
+    engine.backward(losses.mean())  # DeepSpeed divides by the accumulation steps
+    engine.step()  # steps optimizer and scheduler only at the accumulation boundary
+    accumulator.add_batch(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected,
+                          [p.system for p in pairs])
+    accumulator.add("tokens/real", sum(sum(p.lengths()) for p in pairs))
+    accumulator.add("tokens/slots", batch["input_ids"].numel())
+
+
+def setup_reference(config: RunConfig, spec: ModelSpec, plan: BatchPlan, env: DistEnv, tokenizer,
+                    data: TokenizedSet, collate) -> PrecomputedReference | LiveReference:
+    """`precomputed`: log-probs from the cache (computed once if missing; the engine is then freed). Otherwise the
+    frozen reference engine, offloaded or on the device."""
+    train_cfg = config.train
+    if train_cfg.reference != "precomputed":
+        return LiveReference(setup_reference_engine(spec, train_cfg, plan))
+
+    def compute() -> torch.Tensor:
+        engine = setup_reference_engine(spec, train_cfg, plan)
+        return compute_reference_logps(engine, collate, data, plan.micro_batch_size, env)
+
+    path = cache_path(train_cfg, config.run_dir)
+    parts = cache_key_parts(spec, config.data, tokenizer, data)
+    return PrecomputedReference(load_or_compute_cache(path, parts, data, env, compute))
 
 
 def preference_fingerprint(folder: Path) -> str:

@@ -300,3 +300,13 @@ def test_failed_build_leaves_the_previous_set_untouched(tmp_path, monkeypatch):
         build_preference_set(_config(tmp_path, pairs=[_jsonl(tmp_path / "more.jsonl", _pairs(9))], overwrite=True))
     assert _snapshot(config.preference_dir) == before
     assert sorted(p.name for p in config.preference_dir.parent.iterdir()) == ["preference"]
+
+
+def test_eval_split_keeps_the_two_rows_of_a_pair_together(released_json, tmp_path):
+    result = build_preference_set(_config(tmp_path, released=str(released_json), eval_fraction=0.1))
+    splits = {name: load_preference_split(result.output, name) for name in ("train", "eval")}
+    harmless = {name: [i for i, t in zip(split["id"], split["task"], strict=True) if t == "harmless"]
+                for name, split in splits.items()}
+    stems = {name: {i.rsplit("-", 1)[0] for i in ids} for name, ids in harmless.items()}
+    assert harmless["eval"] and not stems["train"] & stems["eval"]  # no prompt in both splits
+    assert len(harmless["eval"]) == 2 * len(stems["eval"])  # each eval pair brings its s1 and s0 rows

@@ -311,7 +311,8 @@ def _train_config(folder: Path, model_config) -> RunConfig:
 def _load(folder: Path, model_config, tokenizer):
     from cst_dist.training.data import load_tokenized_set
 
-    return load_tokenized_set(_train_config(folder, model_config), tokenizer)
+    config = _train_config(folder, model_config)
+    return load_tokenized_set(config.train_data_dir, config.data, tokenizer)
 
 
 def test_trainer_loader_names_corrupt_parquet(tmp_path, tiny_model_config, tiny_tokenizer):

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from cst_dist.config import load_config
+from cst_dist.models import resolve_model
 from cst_dist.training.checkpoint import find_resume_checkpoint, load_checkpoint
+from cst_dist.training.data import BatchPlan
 from cst_dist.training.distributed import setup_distributed
 from cst_dist.training.engine import setup_policy_engine, setup_reference_engine
 from cst_dist.training.export import export_checkpoint
@@ -29,7 +31,8 @@ def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, pre
     # The trained ZeRO-3 engine, restored from the same checkpoint in this process (a world of one).
     config = load_config(str(run_dir / "config.yaml"))
     env = setup_distributed()
-    engine, _ = setup_policy_engine(config, env, total_steps=2)
+    spec, plan = resolve_model(config.model, env.device), BatchPlan.of(config.train, env.world_size)
+    engine, _ = setup_policy_engine(spec, config.train, plan, total_steps=2)
     load_checkpoint(engine, env, find_resume_checkpoint(run_dir, "auto"))
     input_ids = torch.arange(3, 40).unsqueeze(0)
     with torch.no_grad():
@@ -41,8 +44,7 @@ def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, pre
         assert (initial(input_ids=input_ids).logits - hf_logits).abs().max() > 1e-3  # training moved the model
 
     # The offloaded reference: a ZeRO-3 inference engine whose parameters are partitioned and live in CPU memory.
-    reference = setup_reference_engine(config.model_copy(update={"train": config.train.model_copy(
-        update={"reference": "offload"})}), env)
+    reference = setup_reference_engine(spec, config.train.model_copy(update={"reference": "offload"}), plan)
     assert reference.zero_offload_param().device == "cpu"
     params = list(reference.module.parameters())
     assert params and all(p.ds_tensor.device.type == "cpu" and p.data.numel() == 0 for p in params)

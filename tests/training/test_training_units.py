@@ -14,41 +14,42 @@ import pytest
 from cst_dist.config import ConfigError, TrainConfig
 from cst_dist.training import deepspeed_config
 from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
-from cst_dist.training.data import StepSampler
+from cst_dist.training.data import BatchPlan, StepSampler
 from tests.training.launch import train_overrides
 
 
 def test_fill_auto_leaves_no_auto_and_derives_accumulation():
     train = TrainConfig(global_batch_size=16, micro_batch_size=2, max_grad_norm=0.5)
-    config = deepspeed_config.policy_config(train, world_size=2, bf16=True, hidden_size=4096)
+    config = deepspeed_config.policy_config(train, BatchPlan.of(train, 2), bf16=True, hidden_size=4096)
     assert "auto" not in json.dumps(config)
     assert (config["train_batch_size"], config["gradient_accumulation_steps"]) == (16, 4)
     assert config["bf16"]["enabled"] is True and config["gradient_clipping"] == 0.5
     assert config["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
-    offload = deepspeed_config.policy_config(train.model_copy(update={"optimizer_offload": True}), 2, False, 64)
+    offloaded = train.model_copy(update={"optimizer_offload": True})
+    offload = deepspeed_config.policy_config(offloaded, BatchPlan.of(offloaded, 2), False, 64)
     assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
 def test_reference_config_modes():
-    train = TrainConfig()
-    offload = deepspeed_config.reference_config(train, 1, False, 64)
+    train, one = TrainConfig(), BatchPlan(8, 1, 1)
+    offload = deepspeed_config.reference_config(train, one, False, 64)
     assert offload["zero_optimization"]["offload_param"]["device"] == "cpu" and "gradient_clipping" not in offload
-    gpu = deepspeed_config.reference_config(train.model_copy(update={"reference": "gpu"}), 1, False, 64)
+    gpu = deepspeed_config.reference_config(train.model_copy(update={"reference": "gpu"}), one, False, 64)
     assert "offload_param" not in gpu["zero_optimization"]
     replica = train.model_copy(update={"reference": "gpu", "reference_zero_stage": 0})
-    assert deepspeed_config.reference_config(replica, 1, False, 64)["zero_optimization"] == {"stage": 0}
+    assert deepspeed_config.reference_config(replica, one, False, 64)["zero_optimization"] == {"stage": 0}
     with pytest.raises(ConfigError, match="train.reference_zero_stage=3"):
-        deepspeed_config.reference_config(train.model_copy(update={"reference_zero_stage": 0}), 1, False, 64)
+        deepspeed_config.reference_config(train.model_copy(update={"reference_zero_stage": 0}), one, False, 64)
 
 
 def test_global_batch_must_divide():
     with pytest.raises(ConfigError, match=r"train.global_batch_size=8 is not divisible by train.micro_batch_size=3"):
-        deepspeed_config.gradient_accumulation_steps(TrainConfig(global_batch_size=8, micro_batch_size=3), 1)
+        BatchPlan.of(TrainConfig(global_batch_size=8, micro_batch_size=3), 1)
 
 
 def test_sampler_same_global_batch_for_any_split():
-    one_rank = StepSampler(40, 8, 4, 1, seed=0)
-    two_ranks = StepSampler(40, 8, 1, 2, seed=0)
+    one_rank = StepSampler(40, BatchPlan(8, 4, 1), seed=0)
+    two_ranks = StepSampler(40, BatchPlan(8, 1, 2), seed=0)
     for step in range(7):  # crosses the epoch boundary (5 steps per epoch)
         rows_a = sorted(i for mb in one_rank.micro_batches(step, 0) for i in mb)
         rows_b = sorted(i for rank in (0, 1) for mb in two_ranks.micro_batches(step, rank) for i in mb)
@@ -117,3 +118,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_model_conf
     assert latest != "" and (run_dir / "checkpoints" / latest / MARKER).is_file()
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert latest == f"step-{steps[-1]:08d}"  # the diverged step was neither logged nor saved
+
+
+def test_ipo_uses_length_averaged_logps_and_log_steps_thins_the_log(tmp_path, tiny_model_config, preference_dir):
+    result = cst_train(train_overrides(tiny_model_config.path, preference_dir, tmp_path / "ipo", **{
+        "train.loss_type": "ipo", "train.log_steps": 2, "train.max_steps": 5, "train.reference": "precomputed"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "ipo" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4, 5]  # every log_steps, and the last step
+    # Per-token averages of a ~600-symbol vocabulary lie near -ln(600) = -6.4; sums over ~40 tokens near -250.
+    assert all(-10 < row["logps/chosen"] < 0 and -10 < row["logps/rejected"] < 0 for row in rows), rows
