@@ -223,16 +223,23 @@ class RunConfig(StrictModel):
         return self
 
     @property
+    def layout(self):
+        """Every path of this run's folder (cst_dist.run_layout)."""
+        from cst_dist.run_layout import RunLayout  # the layout module imports nothing of ours, but keeps it lazy
+
+        return RunLayout.of(self)
+
+    @property
     def preference_dir(self) -> Path:
-        return Path(self.build.output or Path(self.run_dir) / "preference")
+        return self.layout.preference
 
     @property
     def pairs_dir(self) -> Path:
-        return Path(self.generate.output or Path(self.run_dir) / "pairs")
+        return self.layout.pairs
 
     @property
     def train_data_dir(self) -> Path:
-        return Path(self.train.data) if self.train.data else self.preference_dir
+        return self.layout.train_data
 
 
 # Every setting that names a file or folder: `~` is expanded, and `load_run_config` resolves them against the run root.

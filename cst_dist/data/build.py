@@ -43,6 +43,7 @@ from cst_dist.io import (
     write_text_atomic,
 )
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
+from cst_dist.run_layout import MANIFEST
 
 if TYPE_CHECKING:
     import datasets
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 STAGE = "build"  # the manifest's `stage`: what marks a folder as an earlier build output that may be replaced
 HARMLESS_TASK = "harmless"
 SPLIT_FILES = {"train": "data/train-00000-of-00001.parquet", "eval": "data/eval-00000-of-00001.parquet"}

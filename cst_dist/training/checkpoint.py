@@ -28,11 +28,11 @@ import yaml
 from cst_dist.config import RunConfig, identity_differences, identity_hash
 from cst_dist.errors import UserError
 from cst_dist.io import write_json_atomic, write_text_atomic
+from cst_dist.run_layout import CHECKPOINT_MARKER, RunLayout
 from cst_dist.training.distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
-MARKER = "complete.json"
-RUN_FILE = "run.json"
+MARKER = CHECKPOINT_MARKER  # the name tests and export know it by
 
 
 class CheckpointError(UserError, ValueError):
@@ -40,7 +40,7 @@ class CheckpointError(UserError, ValueError):
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunLayout(Path(run_dir)).checkpoints
 
 
 def tag_for_step(step: int) -> str:
@@ -66,8 +66,9 @@ def complete_tags(root: Path, run_hash: str | None = None) -> list[str]:
 
 def _run_outputs(run_dir: Path) -> list[str]:
     """What a training run leaves in its folder (the things a second run would mix with)."""
-    names = ["checkpoints", "metrics.jsonl", "tensorboard", RUN_FILE]
-    return [name for name in names if (run_dir / name).exists() and not _is_empty_dir(run_dir / name)]
+    layout = RunLayout(run_dir)
+    paths = [layout.checkpoints, layout.metrics, layout.tensorboard, layout.run_file]
+    return [path.name for path in paths if path.exists() and not _is_empty_dir(path)]
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -84,7 +85,8 @@ def prepare_run_folder(run_dir: str | Path, identity: dict[str, Any], resume: st
     """
     run_dir, run_hash = Path(run_dir), identity_hash(identity)
     outputs = _run_outputs(run_dir)
-    stored = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else None
+    run_file = RunLayout(run_dir).run_file
+    stored = json.loads(run_file.read_text()) if run_file.is_file() else None
     same_run = stored is not None and stored.get("hash") == run_hash
     if outputs and overwrite:
         if env.is_rank_zero:
@@ -113,13 +115,13 @@ def prepare_run_folder(run_dir: str | Path, identity: dict[str, Any], resume: st
 
 def record_run(run_dir: str | Path, identity: dict[str, Any], config: RunConfig) -> None:
     """run.json (the identity) and config.yaml, written by rank 0 once the stage has really started."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RUN_FILE).is_file():
-        write_json_atomic(run_dir / RUN_FILE, {
+    layout = RunLayout(Path(run_dir))
+    if not layout.run_file.is_file():
+        write_json_atomic(layout.run_file, {
             "hash": identity_hash(identity), "identity": identity, "workdir": os.getcwd(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    write_text_atomic(layout.config_file, dump_config(config))
 
 
 def dump_config(config: RunConfig) -> str:
@@ -161,7 +163,8 @@ def check_resumable(checkpoint: Path, run_hash: str, world_size: int) -> None:
 
 
 def save_checkpoint(engine, env: DistEnv, run_dir: str | Path, step: int, client_state: dict[str, Any], keep: int,
-                    run_hash: str, config_yaml: str) -> Path:
+                    run_hash: str, config_yaml: str, final: bool = False) -> Path:
+    """Save `step` under its tag; `final` marks the run's last planned step (the train stage is then complete)."""
     root = checkpoint_root(run_dir)
     tag = tag_for_step(step)
     if env.is_rank_zero and (root / tag).exists():
@@ -173,7 +176,8 @@ def save_checkpoint(engine, env: DistEnv, run_dir: str | Path, step: int, client
     barrier()  # every rank's shards are on disk before the checkpoint is declared complete
     if env.is_rank_zero:
         write_text_atomic(root / tag / "config.yaml", config_yaml)
-        write_json_atomic(root / tag / MARKER, {"step": step, "world_size": env.world_size, "run": run_hash})
+        write_json_atomic(root / tag / MARKER, {"step": step, "world_size": env.world_size, "run": run_hash,
+                                                   "final": final})
         write_text_atomic(root / "latest", tag)
         _rotate(root, tag, keep)
     barrier()

@@ -14,11 +14,11 @@ import torch
 from cst_dist.config import RunConfig, load_run_config
 from cst_dist.io import atomic_directory, check_output_dir, write_json_atomic
 from cst_dist.models import load_model_config, load_tokenizer
+from cst_dist.run_layout import EXPORT_MARKER, RunLayout
 from cst_dist.training.checkpoint import MARKER, checkpoint_root
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-EXPORT_MARKER = "export.json"  # {"stage": "export", ...}: marks a folder `cst export --overwrite` may replace
 
 
 def resolve_tag(run_dir: Path, tag: str | None) -> str:
@@ -36,8 +36,9 @@ def resolve_tag(run_dir: Path, tag: str | None) -> str:
 def checkpoint_config(run_dir: Path, tag: str) -> RunConfig:
     """The config the checkpoint was trained with (stored in it; the run folder's for older checkpoints), with its
     relative paths resolved against the run's root: a later command in the run folder cannot change it."""
-    stored = checkpoint_root(run_dir) / tag / "config.yaml"
-    return load_run_config(stored if stored.is_file() else run_dir / "config.yaml", run_dir)
+    layout = RunLayout(run_dir)
+    stored = layout.checkpoint(tag) / "config.yaml"
+    return load_run_config(stored if stored.is_file() else layout.config_file, run_dir)
 
 
 def check_export_output(output: Path, run_dir: Path, tag: str, overwrite: bool) -> bool:
@@ -54,7 +55,7 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = 
     run_dir = Path(run_dir)
     tag = resolve_tag(run_dir, tag)
     config = checkpoint_config(run_dir, tag)
-    output = Path(output) if output else run_dir / "export" / tag
+    output = Path(output) if output else RunLayout(run_dir).export(tag)
     replace = check_export_output(output, run_dir, tag, overwrite)
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
     model_config = load_model_config(config.model)

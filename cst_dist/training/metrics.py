@@ -13,6 +13,7 @@ import torch
 
 from cst_dist import prompts
 from cst_dist.io import write_text_atomic
+from cst_dist.run_layout import RunLayout
 from cst_dist.training.distributed import all_reduce_sum
 
 # Sums accumulated over the micro-batches of one step, in this order, reduced in a single collective.
@@ -93,7 +94,8 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        layout = RunLayout(Path(run_dir))
+        self.path = layout.metrics
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -102,7 +104,7 @@ class MetricsWriter:
         kept = [line for line, row in read_metrics_lines(self.path) if row["step"] <= resume_step]
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
-        self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
+        self.tensorboard = SummaryWriter(str(layout.tensorboard), purge_step=resume_step + 1)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

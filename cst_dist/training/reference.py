@@ -24,11 +24,12 @@ from cst_dist.errors import UserError
 from cst_dist.io import atomic_file, check_writable_dir, file_fingerprint, file_sha256
 from cst_dist.logprobs import batch_token_counts, forward_logps
 from cst_dist.models import ModelSpec
+from cst_dist.run_layout import REFERENCE_CACHE, RunLayout
 from cst_dist.training.data import TokenizedSet
 from cst_dist.training.distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
-CACHE_NAME = "reference_logps.safetensors"
+CACHE_NAME = REFERENCE_CACHE
 
 
 class ReferenceCacheMismatch(UserError, ValueError):
@@ -73,7 +74,7 @@ def compute_reference_logps(engine, collate: Callable[[list], dict], data: Token
 
 
 def cache_path(train: TrainConfig, run_dir: str | Path) -> Path:
-    return Path(train.reference_cache or Path(run_dir) / CACHE_NAME)
+    return Path(train.reference_cache or RunLayout(Path(run_dir)).reference_cache)
 
 
 def _ids_hash(ids: list[str]) -> str:

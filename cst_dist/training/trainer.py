@@ -137,7 +137,7 @@ def train(config: RunConfig) -> TrainResult:
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
             if step % train_cfg.save_steps == 0 or step == total_steps or stop_now:
                 checkpoint.save_checkpoint(engine, env, config.run_dir, step, {"step": step},
-                                           train_cfg.keep_checkpoints, run_hash, config_yaml)
+                                           train_cfg.keep_checkpoints, run_hash, config_yaml, step == total_steps)
             if stop_now:
                 log.warning("stopped at step %d after a signal; resume with train.resume=auto", step)
                 stopped = True

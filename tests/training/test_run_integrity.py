@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from cst_dist.run_layout import RunLayout
 from tests.training.launch import read_metrics, train_overrides
 from tests.training.test_training_units import assert_user_error, cst_train
 
@@ -116,6 +117,8 @@ def test_failed_command_leaves_the_config_and_export_works_from_anywhere(base, t
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (run / "export" / "step-00000004" / "model.safetensors").is_file()
+    layout = RunLayout(run)  # the pipeline's view: both stages complete
+    assert layout.stage_complete("train") and layout.stage_complete("export")
 
 
 def test_another_run_in_the_folder_is_refused_and_nothing_is_touched(base):
