@@ -135,7 +135,7 @@ def farm_variants(args, config, work: Path) -> list[dict]:
     import ray
 
     from cst_dist.config import RunConfig
-    from cst_dist.generation.farm import run_farm
+    from cst_dist.generation.run import run_farm
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     results = []

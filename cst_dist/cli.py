@@ -51,7 +51,7 @@ def run_train(config) -> None:
 
 
 def run_generate(config) -> None:
-    from cst_dist.generation.farm import run_farm
+    from cst_dist.generation.run import run_farm
 
     summary = run_farm(config)
     state = "complete" if summary.complete else "incomplete: run the same command again to resume"

@@ -11,8 +11,6 @@ as "prompt too long" (`generate.over_length=skip`) or stops the run naming it (`
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +18,7 @@ from cst_dist.chat import build_messages
 from cst_dist.config import SamplingConfig
 from cst_dist.engines import Conversation, Engine
 from cst_dist.errors import UserError
+from cst_dist.farm.shards import derive_seed
 from cst_dist.prompts import CRITIQUE_REQUEST, REVISION_REQUEST
 
 PAIR_ROW_FIELDS = ("id", "prompt", "y0", "critique", "y1", "generator", "sampling", "template_index")
@@ -52,12 +51,6 @@ class ChainResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     generated: list[PromptItem] = field(default_factory=list)
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from any JSON-able parts; stable across processes and Python versions (unlike hash())."""
-    digest = hashlib.sha256(json.dumps(parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def reject_reason(y0: str, y1: str) -> str | None:

@@ -9,10 +9,9 @@ import pytest
 
 from cst_dist.config import RunConfig
 from cst_dist.data.build import build_preference_set
-from cst_dist.generation.cluster import Layout, actor_options, reserve_replica
-from cst_dist.generation.farm import GenerationWorker, run_farm
+from cst_dist.farm.shards import plan_shards
 from cst_dist.generation.inputs import load_prompts
-from cst_dist.generation.store import GenerationError, plan_shards
+from cst_dist.generation.run import GenerationError, GenerationWorker, run_farm
 from cst_dist.models import ModelLoadError
 from cst_dist.prompts import CRITIQUE_REQUEST, REVISION_REQUEST
 from tests.generation.helpers import generate_config, read_jsonl, read_pairs, shard_texts
@@ -175,28 +174,6 @@ def test_bad_prompt_file_fails_before_any_shard(ray_cluster, tiny_model_config, 
     with pytest.raises(Exception, match=r"p\.jsonl, row 2, field 'prompt': empty string"):
         run_farm(config)
     assert not (tmp_path / "pairs").exists()
-
-
-def test_multi_gpu_replica_is_placed_in_a_placement_group(ray_cluster):
-    """Ray resource accounting only (the 2 GPUs are declared, torch runs on CPU): the replica holds both GPUs in
-    one bundle, and a replica larger than the cluster fails within the timeout instead of waiting forever."""
-    import ray
-
-    @ray.remote
-    class Probe:
-        def gpus(self):
-            return sorted(ray.get_gpu_ids())
-
-    layout = Layout(replicas=1, gpus=2, cpus=1)
-    group = reserve_replica(layout, timeout_s=20)
-    try:
-        probe = Probe.options(**actor_options(layout, "probe-2gpu", group)).remote()
-        assert ray.get(probe.gpus.remote(), timeout=60) == [0, 1]
-        ray.kill(probe)
-    finally:
-        ray.util.remove_placement_group(group)
-    with pytest.raises(GenerationError, match="no node had 4 free GPUs for a replica within 1s"):
-        reserve_replica(Layout(replicas=1, gpus=4, cpus=1), timeout_s=1)
 
 
 def test_worker_errors_fail_the_run_with_their_message(ray_cluster, tiny_model_config, tmp_path):

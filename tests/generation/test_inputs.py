@@ -8,9 +8,7 @@ import pytest
 
 from cst_dist.config import GenerateConfig
 from cst_dist.data.advbench import load_advbench, split_advbench
-from cst_dist.generation.cluster import replica_layout
 from cst_dist.generation.inputs import load_prompts
-from cst_dist.generation.store import GenerationError
 from cst_dist.io import RecordError
 
 
@@ -74,25 +72,3 @@ def test_bad_templates(tmp_path):
         load_prompts(GenerateConfig(templates=write_templates(path, 2)))
     with pytest.raises(RecordError, match="does not exist"):
         load_prompts(GenerateConfig(templates=str(tmp_path / "missing.json")))
-
-
-@pytest.mark.parametrize(
-    ("resources", "settings", "expected"),
-    [
-        ({"CPU": 2}, {}, (1, 0, 1)),
-        ({"CPU": 2}, {"num_replicas": 2}, (2, 0, 1)),
-        ({"CPU": 64, "GPU": 8}, {}, (8, 1, 1)),
-        ({"CPU": 64, "GPU": 8}, {"gpus_per_replica": 2}, (4, 2, 1)),
-        ({"CPU": 64, "GPU": 8}, {"gpus_per_replica": 0, "num_replicas": 4, "cpus_per_replica": 8}, (4, 0, 8)),
-    ],
-)
-def test_replica_layout(resources, settings, expected):
-    layout = replica_layout(GenerateConfig(**settings), resources)
-    assert (layout.replicas, layout.gpus, layout.cpus) == expected
-
-
-def test_replica_layout_refuses_what_the_cluster_lacks():
-    with pytest.raises(GenerationError, match="generate.gpus_per_replica=2 but the Ray cluster has 0 GPUs"):
-        replica_layout(GenerateConfig(gpus_per_replica=2), {"CPU": 8})
-    with pytest.raises(GenerationError, match="generate.num_replicas=3 needs 0 GPUs and 3 CPUs"):
-        replica_layout(GenerateConfig(num_replicas=3), {"CPU": 2})

@@ -14,10 +14,11 @@ import pytest
 from cst_dist.cli import main
 from cst_dist.config import GenerateConfig, SamplingConfig
 from cst_dist.engines import HFEngine, RecordingEngine
+from cst_dist.farm.shards import plan_shards
 from cst_dist.generation.critique import TOO_LONG, PromptItem, PromptTooLongError, SelfCritiqueChain
-from cst_dist.generation.farm import GenerationWorker
 from cst_dist.generation.inputs import load_prompts
-from cst_dist.generation.store import PairStore, make_plan, plan_shards
+from cst_dist.generation.pairs import PairStore, make_plan
+from cst_dist.generation.run import GenerationWorker
 from cst_dist.io import RecordError
 from tests.generation.helpers import generate_config, read_jsonl, read_pairs
 

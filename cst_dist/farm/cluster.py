@@ -1,4 +1,4 @@
-"""Ray for `cst generate`: join the cluster at RAY_ADDRESS or start a local one, size the replicas, place them.
+"""Ray for the farm: join the cluster at RAY_ADDRESS or start a local one, size the replicas, place them.
 
 On Slurm (or any cluster) `ray start --head` / `ray start --address` run first and the driver joins through
 RAY_ADDRESS; without it a local instance is started and shut down again. A replica that needs several GPUs gets a
@@ -13,11 +13,10 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from cst_dist.config import GenerateConfig
-from cst_dist.generation.store import GenerationError
+from cst_dist.farm import FarmError
 
 log = logging.getLogger(__name__)
 DEFAULT_GCS_PORT = 6379
@@ -31,7 +30,7 @@ def check_reachable(address: str, timeout_s: float) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except (OSError, ValueError) as exc:
-        raise GenerationError(
+        raise FarmError(
             f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} within {timeout_s:g}s ({exc}); start it with "
             "`ray start --head` (and `ray start --address=HEAD:6379` on the other nodes), or unset RAY_ADDRESS to run "
             "on a local Ray instance"
@@ -56,11 +55,29 @@ def ray_session(timeout_s: float) -> Iterator[str]:
         else:
             ray.init(include_dashboard=False, log_to_driver=True)
     except ConnectionError as exc:
-        raise GenerationError(f"cannot connect to Ray (RAY_ADDRESS={address!r}): {exc}") from None
+        raise FarmError(f"cannot connect to Ray (RAY_ADDRESS={address!r}): {exc}") from None
     try:
         yield f"Ray cluster at {address}" if address else "local Ray instance"
     finally:
         ray.shutdown()
+
+
+@dataclass(frozen=True)
+class FarmSettings:
+    """The farm's part of a stage's config section. `section` is that section's name: messages name the key to
+    change (`generate.num_replicas=3 needs ...`) and actors are named `cst-<section>-...`."""
+
+    section: str
+    num_replicas: int | None = None  # default: GPUs // gpus_per_replica, or 1 without GPUs
+    gpus_per_replica: int | None = None  # default: 1 if the cluster has GPUs, else 0 (CPU actors)
+    cpus_per_replica: int = 1
+    max_retries: int = 2  # re-runs of a shard whose actor died, before the run fails
+    connect_timeout_s: float = 30.0  # bound on reaching RAY_ADDRESS and placing a replica
+
+    @classmethod
+    def of(cls, section: str, config: Any) -> FarmSettings:
+        """From a config section holding these fields by name: `FarmSettings.of("generate", config.generate)`."""
+        return cls(section, **{f.name: getattr(config, f.name) for f in fields(cls) if f.name != "section"})
 
 
 @dataclass(frozen=True)
@@ -72,25 +89,27 @@ class Layout:
     cpus: int
 
 
-def replica_layout(generate: GenerateConfig, resources: dict[str, float]) -> Layout:
+def replica_layout(settings: FarmSettings, resources: dict[str, float]) -> Layout:
     """One replica per GPU (or per group of `gpus_per_replica` GPUs); one CPU replica without GPUs. Asking for more
-    than the cluster has is an error here, not an actor that waits forever for resources."""
+    than the cluster has (`resources`: ray.cluster_resources()) is an error here, not an actor that waits forever."""
     total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    gpus = generate.gpus_per_replica if generate.gpus_per_replica is not None else (1 if total_gpus else 0)
+    section = settings.section
+    gpus = settings.gpus_per_replica if settings.gpus_per_replica is not None else (1 if total_gpus else 0)
     if gpus > total_gpus:
-        raise GenerationError(f"generate.gpus_per_replica={gpus} but the Ray cluster has {total_gpus} GPUs")
-    replicas = generate.num_replicas or (total_gpus // gpus if gpus else 1)
-    need_gpus, need_cpus = replicas * gpus, replicas * generate.cpus_per_replica
+        raise FarmError(f"{section}.gpus_per_replica={gpus} but the Ray cluster has {total_gpus} GPUs")
+    replicas = settings.num_replicas or (total_gpus // gpus if gpus else 1)
+    need_gpus, need_cpus = replicas * gpus, replicas * settings.cpus_per_replica
     if need_gpus > total_gpus or need_cpus > total_cpus:
-        raise GenerationError(
-            f"generate.num_replicas={replicas} needs {need_gpus} GPUs and {need_cpus} CPUs; the Ray cluster has "
-            f"{total_gpus} GPUs and {total_cpus} CPUs (lower generate.num_replicas or generate.cpus_per_replica)"
+        raise FarmError(
+            f"{section}.num_replicas={replicas} needs {need_gpus} GPUs and {need_cpus} CPUs; the Ray cluster has "
+            f"{total_gpus} GPUs and {total_cpus} CPUs (lower {section}.num_replicas or {section}.cpus_per_replica)"
         )
-    return Layout(replicas, gpus, generate.cpus_per_replica)
+    return Layout(replicas, gpus, settings.cpus_per_replica)
 
 
-def reserve_replica(layout: Layout, timeout_s: float) -> Any | None:
-    """A ready placement group for one multi-GPU replica, or None when the replica has at most one GPU."""
+def reserve_replica(layout: Layout, timeout_s: float, setting: str = "gpus_per_replica") -> Any | None:
+    """A ready placement group for one multi-GPU replica, or None when the replica has at most one GPU. `setting`
+    is the config key named when no node has the GPUs (`generate.gpus_per_replica`)."""
     if layout.gpus <= 1:
         return None
     import ray
@@ -101,9 +120,9 @@ def reserve_replica(layout: Layout, timeout_s: float) -> Any | None:
         ray.get(group.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
-        raise GenerationError(
-            f"no node had {layout.gpus} free GPUs for a replica within {timeout_s:g}s (generate.gpus_per_replica; "
-            "a replica's GPUs must sit on one node)"
+        raise FarmError(
+            f"no node had {layout.gpus} free GPUs for a replica within {timeout_s:g}s ({setting}; a replica's GPUs "
+            "must sit on one node)"
         ) from None
     return group
 
