@@ -47,29 +47,14 @@ class Engine(Protocol):
     def count_tokens(self, conversation: Conversation) -> int: ...
 
 
-class HFEngine:
-    """transformers `generate`: prompts sorted by token length and batched (less padding), left-padded, KV cache on,
-    each row stopping at EOS. `batch_size=1` is the naive one-prompt-at-a-time loop."""
+class ChatModelEngine:
+    """What every engine shares: the model's tokenizer and the one conversation encoding (`cst_dist.chat`), so all
+    engines, and training, feed a model the same ids for the same conversation."""
 
-    name = "hf"
-
-    def __init__(self, model_config: ModelConfig, batch_size: int = 16, device: str = "cpu", num_gpus: int = 0):
+    def __init__(self, model_config: ModelConfig):
         self.tokenizer = load_tokenizer(model_config)
-        self.tokenizer.padding_side = "left"  # generation appends on the right, so padding goes left
-        # A replica spanning several GPUs is split layer-wise by accelerate; one device otherwise.
-        extra = {"device_map": "auto"} if num_gpus > 1 and device == "cuda" else {}
-        self.model = load_model(resolve_model(model_config, device), **extra).eval()
-        if not extra:
-            self.model.to(device)
-        self.device = self.model.device
-        self.batch_size = batch_size
         self.chat = ChatEncoder(self.tokenizer)
         self.system_role = self.chat.system_role
-        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        self.max_context = self.max_positions
-        configured = self.model.generation_config.eos_token_id
-        configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
-        self.eos_ids = sorted({self.tokenizer.eos_token_id, *configured} - {None})
         self.stats = EngineStats()
 
     def encode(self, conversation: Conversation) -> list[int]:
@@ -78,6 +63,29 @@ class HFEngine:
 
     def count_tokens(self, conversation: Conversation) -> int:
         return len(self.encode(conversation))
+
+
+class HFEngine(ChatModelEngine):
+    """transformers `generate`: prompts sorted by token length and batched (less padding), left-padded, KV cache on,
+    each row stopping at EOS. `batch_size=1` is the naive one-prompt-at-a-time loop."""
+
+    name = "hf"
+
+    def __init__(self, model_config: ModelConfig, batch_size: int = 16, device: str = "cpu", num_gpus: int = 0):
+        super().__init__(model_config)
+        self.tokenizer.padding_side = "left"  # generation appends on the right, so padding goes left
+        # A replica spanning several GPUs is split layer-wise by accelerate; one device otherwise.
+        extra = {"device_map": "auto"} if num_gpus > 1 and device == "cuda" else {}
+        self.model = load_model(resolve_model(model_config, device), **extra).eval()
+        if not extra:
+            self.model.to(device)
+        self.device = self.model.device
+        self.batch_size = batch_size
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_context = self.max_positions
+        configured = self.model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
+        self.eos_ids = sorted({self.tokenizer.eos_token_id, *configured} - {None})
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str]:
         """texts[i] answers conversations[i]. The sampler is seeded with `sampling.seed` first, so the same
@@ -130,7 +138,7 @@ class HFEngine:
             )
 
 
-class VLLMEngine:
+class VLLMEngine(ChatModelEngine):
     """vLLM with the HF engine's interface (optional: only where vLLM is installed; not exercised by the CPU tests).
 
     Prompts are rendered by the same chat template and passed as token ids, so both engines see identical inputs.
@@ -144,20 +152,11 @@ class VLLMEngine:
         except ImportError as exc:
             raise EngineError("generate.engine=vllm but vLLM is not installed; install it or use generate.engine=hf")\
                 from exc
-        self.tokenizer = load_tokenizer(model_config)
-        self.chat = ChatEncoder(self.tokenizer)
-        self.system_role = self.chat.system_role
+        super().__init__(model_config)
         dtype = "bfloat16" if model_config.dtype == "auto" else model_config.dtype
         self.llm = LLM(model=str(ensure_model(model_config)), tensor_parallel_size=max(num_gpus, 1), dtype=dtype,
                        trust_remote_code=model_config.trust_remote_code)
         self.max_context = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
-        self.stats = EngineStats()
-
-    def encode(self, conversation: Conversation) -> list[int]:
-        return self.chat.encode_conversation(conversation)
-
-    def count_tokens(self, conversation: Conversation) -> int:
-        return len(self.encode(conversation))
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[str]:
         from vllm import SamplingParams
