@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cst_dist.errors import UserError
 from cst_dist.io import write_text_atomic
+from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
 # Package data (cst_dist/configs/, shipped in the wheel); the top-level configs/ of a checkout is a symlink to it.
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -200,6 +201,74 @@ class TrainConfig(StrictModel):
         return self
 
 
+class JudgeConfig(StrictModel):
+    """`eval.judge`: who decides whether an answer is safe. Verdicts: safe true | false | null (unparsed)."""
+
+    kind: Literal["classifier", "llm", "http", "keyword"] = Field(
+        "classifier", description="classifier (offline default), llm (a local model), http (OpenAI-compatible), "
+        "keyword (refusal phrases: a baseline only)."
+    )
+    # classifier: trained once from the harmless pairs of a preference set's train split, saved without pickles.
+    classifier_path: str | None = Field(
+        None, description="Saved classifier; default <eval output>/judge/classifier.json."
+    )
+    train_data: str | None = Field(
+        None, description="Preference set folder or the released JSON to train the classifier on (train split "
+        "only); default: build.released, else the run's preference set."
+    )
+    # llm: a local model through the shared engines, with the paper's judge prompt or a Llama-Guard-style preset.
+    model: ModelConfig | None = Field(None, description="eval.judge.kind=llm: the judge model (a local folder).")
+    template: Literal["paper", "llama-guard"] = "paper"
+    max_new_tokens: int = Field(5, gt=0, description="The paper's judge: temperature 0, at most 5 new tokens.")
+    # http: an OpenAI-compatible chat-completions endpoint.
+    base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1 (eval.judge.kind=http).")
+    model_name: str | None = Field(None, description="The endpoint's model name (eval.judge.kind=http).")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    concurrency: int = Field(4, gt=0)
+    timeout_s: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (honouring Retry-After).")
+    cache: str | None = Field(None, description="Verdict cache (JSONL); default <eval output>/judge/cache.jsonl.")
+
+
+class EvalConfig(StrictModel):
+    """`cst eval`: S0/S1 safety (the paper's Table I) with a pluggable judge, and preference accuracy."""
+
+    models: dict[str, str] = Field(
+        default_factory=dict, description="name -> exported HF folder | run folder (latest complete checkpoint) | "
+        "run folder:tag. Default: {'model': run_dir} when run_dir holds checkpoints, else {'base': model.path}."
+    )
+    checkpoints: Literal["latest", "all"] = Field("latest", description="all: every complete checkpoint of a run.")
+    protocol: Literal["paper", "full"] = Field(
+        "paper", description="paper: even split positions under the unseen uncensored prompt, odd under s1 (26 "
+        "each); full: every test prompt under every prompt of eval.system_prompts."
+    )
+    system_prompts: list[str] = Field(
+        default_factory=lambda: [SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT],
+        description="System prompts of protocol=full and of the preference-accuracy view.",
+    )
+    max_prompts: int | None = Field(None, gt=0, description="Use only the first N test prompts (smoke runs).")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=256), description="Greedy by default."
+    )
+    batch_size: int = Field(16, gt=0)
+    shard_size: int = Field(16, gt=0, description="Prompts per shard (the unit of work, retry and resume).")
+    num_replicas: int | None = Field(None, gt=0)
+    gpus_per_replica: int | None = Field(None, ge=0)
+    cpus_per_replica: int = Field(1, gt=0)
+    max_retries: int = Field(2, ge=0)
+    connect_timeout_s: float = Field(30.0, gt=0.0)
+    generations: str | None = Field(
+        None, description="Score this JSONL of labelled rows (system, prompt, answer, safe) with no model, no judge."
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    preference: bool = Field(True, description="Also report preference accuracy on the build's held-out split.")
+    preference_data: str | None = Field(None, description="Preference set folder; default: the run's preference set.")
+    reference: str | None = Field(
+        None, description="Reference model folder for preference accuracy; default: the run's model.path."
+    )
+    output: str | None = Field(None, description="Default: <run_dir>/eval.")
+
+
 class RunConfig(StrictModel):
     """Everything one run needs. Every stage writes into `run_dir`."""
 
@@ -209,6 +278,7 @@ class RunConfig(StrictModel):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _expand_home(self) -> RunConfig:
@@ -246,7 +316,8 @@ class RunConfig(StrictModel):
 PATH_KEYS = (
     (None, "run_dir"), ("model", "path"), ("generate", "prompts"), ("generate", "templates"), ("generate", "output"),
     ("build", "pairs"), ("build", "released"), ("build", "extra_tasks"), ("build", "output"), ("train", "data"),
-    ("train", "reference_cache"),
+    ("train", "reference_cache"), ("eval", "generations"), ("eval", "preference_data"), ("eval", "reference"),
+    ("eval", "output"),
 )
 # Train settings that do not change the trajectory: a run resumed with another value is still the same run.
 OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache")
@@ -335,10 +406,15 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+def dump_config(config: RunConfig) -> str:
+    """The config as resolved (defaults filled in), as YAML that `load_config` reads back to an equal config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def save_resolved_config(config: RunConfig, run_dir: str | os.PathLike | None = None) -> Path:
     """Write the config as resolved (defaults filled in) to <run_dir>/config.yaml, atomically."""
     target = Path(run_dir or config.run_dir) / "config.yaml"
-    write_text_atomic(target, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(target, dump_config(config))
     return target
 
 

@@ -9,7 +9,7 @@
     <run_dir>/checkpoints/latest             the newest complete tag
     <run_dir>/metrics.jsonl, tensorboard/    training metrics
     <run_dir>/export/<tag>/                  `cst export`: an HF folder + export.json (last)
-    <run_dir>/eval/                          `cst eval`: generations, scores, report.json
+    <run_dir>/eval/                          `cst eval`: <model>/generations/, judge/, report.json|md, charts
 Stages read and write paths through this module only, so a pipeline can ask "is this stage done?" in one place.
 Nothing here imports a stage or reads a config: `RunLayout.of(config)` takes what the config says.
 """
@@ -38,13 +38,14 @@ class RunLayout:
     pairs_override: Path | None = None
     preference_override: Path | None = None
     train_data_override: Path | None = None
+    eval_override: Path | None = None
 
     @classmethod
     def of(cls, config: Any) -> RunLayout:
         """The layout a RunConfig describes (`generate.output`, `build.output`, `train.data` override defaults)."""
         optional = lambda value: Path(value) if value else None  # noqa: E731
         return cls(Path(config.run_dir), optional(config.generate.output), optional(config.build.output),
-                   optional(config.train.data))
+                   optional(config.train.data), optional(config.eval.output))
 
     @property
     def pairs(self) -> Path:
@@ -64,7 +65,10 @@ class RunLayout:
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     tensorboard = property(lambda self: self.root / "tensorboard")
-    eval = property(lambda self: self.root / "eval")
+
+    @property
+    def eval(self) -> Path:
+        return self.eval_override or self.root / "eval"
 
     def checkpoint(self, tag: str) -> Path:
         return self.checkpoints / tag

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from cst_dist.config import RunConfig, identity_differences, identity_hash
+from cst_dist.config import RunConfig, dump_config, identity_differences, identity_hash
 from cst_dist.errors import UserError
 from cst_dist.io import write_json_atomic, write_text_atomic
 from cst_dist.run_layout import CHECKPOINT_MARKER, RunLayout
@@ -122,10 +121,6 @@ def record_run(run_dir: str | Path, identity: dict[str, Any], config: RunConfig)
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
     write_text_atomic(layout.config_file, dump_config(config))
-
-
-def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 def find_resume_checkpoint(run_dir: str | Path, resume: str, run_hash: str | None = None) -> Path | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cst_dist.config import RunConfig, TrainConfig, identity_hash, training_identity
+from cst_dist.config import RunConfig, TrainConfig, dump_config, identity_hash, training_identity
 from cst_dist.data.collate import EncodedPair
 from cst_dist.errors import UserError
 from cst_dist.io import check_writable_dir, file_sha256
@@ -102,7 +102,7 @@ def train(config: RunConfig) -> TrainResult:
         step = checkpoint.load_checkpoint(engine, env, resume_from)["step"]
     if env.is_rank_zero:  # the stage has started: only now does the run folder record this run and its config
         checkpoint.record_run(config.run_dir, identity, config)
-    config_yaml = checkpoint.dump_config(config)
+    config_yaml = dump_config(config)
     writer = MetricsWriter(config.run_dir, env.is_rank_zero, resume_step=step)
     stop = StopFlag()
     metrics: dict[str, float] = {}

@@ -1,0 +1,4 @@
+"""`cst eval` / `cst judge`: S0/S1 safety with pluggable judges, preference accuracy, reports.
+
+Builds on the shared floor (engines, farm, logprobs, chat, run_layout) and `data/`; never imports another stage.
+"""
