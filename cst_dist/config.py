@@ -250,6 +250,7 @@ class EvalConfig(StrictModel):
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=256), description="Greedy by default."
     )
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers batched generate; vllm if installed.")
     batch_size: int = Field(16, gt=0)
     shard_size: int = Field(16, gt=0, description="Prompts per shard (the unit of work, retry and resume).")
     num_replicas: int | None = Field(None, gt=0)

@@ -32,6 +32,7 @@ from cst_dist.data.schemas import (
     check_fields,
     iter_valid_rows,
 )
+from cst_dist.errors import UserError
 from cst_dist.io import (
     RecordError,
     atomic_directory,
@@ -351,6 +352,33 @@ def build_preference_set(config: RunConfig) -> BuildResult:
         skips.total,
     )
     return BuildResult(output=Path(output), counts=counts, skips=skips)
+
+
+class PreferenceSetError(UserError, ValueError):
+    """A folder that is not (or no longer) what `cst build` wrote; the message names the file and the way out."""
+
+
+def verify_preference_set(folder: Path, setting: str) -> None:
+    """The folder's manifest lists every Parquet file with its sha256; a missing, changed or unlisted file is an error
+    naming `setting` (training or evaluating on a half-copied or hand-edited set would go unnoticed otherwise)."""
+    path, rebuild = folder / MANIFEST, "rebuild it with `cst build`"
+    if not path.is_file():
+        raise PreferenceSetError(f"{folder} ({setting}) has no manifest.json: not a `cst build` output; {rebuild}")
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise PreferenceSetError(f"{path}: not a readable `cst build` manifest ({exc}); {rebuild}") from None
+    if not isinstance(files, dict):
+        raise PreferenceSetError(f"{path}: has no `files` checksums, so it is not a `cst build` manifest; {rebuild}")
+    unlisted = sorted({str(p.relative_to(folder)) for p in (folder / "data").glob("*.parquet")} - set(files))
+    if unlisted:
+        raise PreferenceSetError(f"{folder / unlisted[0]}: not listed in {path}; {rebuild}")
+    for name, digest in sorted(files.items()):
+        if not (folder / name).is_file():
+            raise PreferenceSetError(f"{folder / name}: listed in {path} but missing; {rebuild}")
+        if file_sha256(folder / name) != digest:
+            raise PreferenceSetError(f"{folder / name}: its sha256 does not match {path} (changed since built); "
+                                     f"{rebuild}")
 
 
 def load_preference_split(

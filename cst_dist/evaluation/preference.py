@@ -24,15 +24,15 @@ from typing import Any
 import torch
 
 from cst_dist.config import DataConfig, ModelConfig
+from cst_dist.data.build import PreferenceSetError, verify_preference_set
 from cst_dist.data.collate import EncodedPair, PairTokenizer, pad_batch
 from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
 from cst_dist.errors import UserError
 from cst_dist.evaluation.scores import S0, condition_of
-from cst_dist.io import file_sha256, read_marker, read_parquet_table
+from cst_dist.io import read_parquet_table
 from cst_dist.logprobs import forward_logps
 from cst_dist.models import load_model, load_tokenizer, resolve_model
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
-from cst_dist.run_layout import MANIFEST
 
 log = logging.getLogger(__name__)
 HARMLESS_TASK = "harmless"  # the task name `cst build` gives CST rows
@@ -51,15 +51,10 @@ def _split_files(folder: Path, split: str) -> list[Path]:
             f"preference set {folder} (eval.preference_data) has no {split!r} split (data/{split}-*.parquet); "
             "rebuild it with build.eval_fraction=0.1 (or more), or set eval.preference=false"
         )
-    listed = (read_marker(folder, MANIFEST) or {}).get("files")
-    if not isinstance(listed, dict):
-        raise PreferenceDataError(f"{folder} (eval.preference_data) has no `cst build` manifest.json with checksums; "
-                                  "rebuild it with `cst build`")
-    for file in files:
-        name = str(file.relative_to(folder))
-        if listed.get(name) != file_sha256(file):
-            raise PreferenceDataError(f"{file}: missing from, or changed since, {folder / MANIFEST}; rebuild the set "
-                                      "with `cst build`")
+    try:
+        verify_preference_set(folder, "eval.preference_data")
+    except PreferenceSetError as error:  # one error type for callers; the message says what is wrong
+        raise PreferenceDataError(str(error)) from None
     return files
 
 

@@ -6,7 +6,6 @@ global step: resuming needs no iterator state, and 1 rank x accumulation 4 sees 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from cst_dist.config import ConfigError, DataConfig, TrainConfig
+from cst_dist.data.build import verify_preference_set
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
 from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
 from cst_dist.errors import UserError
-from cst_dist.io import file_sha256, read_parquet_table
+from cst_dist.io import read_parquet_table
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: 
     files = sorted((folder / "data").glob(f"{split}-*.parquet"))
     if not files:
         raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
-    verify_manifest(folder)
+    verify_preference_set(folder, "train.data")
     encoder = PairTokenizer(tokenizer, data_config)
     pairs, ids = [], []
     for file in files:
@@ -61,28 +61,6 @@ def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: 
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
     log.info("tokenized %s: %s", folder, encoder.stats.summary())
     return TokenizedSet(pairs, ids, encoder.stats, folder)
-
-
-def verify_manifest(folder: Path) -> None:
-    """The folder's manifest lists every Parquet file with its sha256; a missing, changed or unlisted file is an error
-    (training on a half-copied or hand-edited set would go unnoticed otherwise)."""
-    path, rebuild = folder / "manifest.json", "rebuild it with `cst build`"
-    if not path.is_file():
-        raise EmptyDataError(f"{folder} (train.data) has no manifest.json: not a `cst build` output; {rebuild}")
-    try:
-        files = json.loads(path.read_text(encoding="utf-8")).get("files")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise EmptyDataError(f"{path}: not a readable `cst build` manifest ({exc}); {rebuild}") from None
-    if not isinstance(files, dict):
-        raise EmptyDataError(f"{path}: has no `files` checksums, so it is not a `cst build` manifest; {rebuild}")
-    unlisted = sorted({str(p.relative_to(folder)) for p in (folder / "data").glob("*.parquet")} - set(files))
-    if unlisted:
-        raise EmptyDataError(f"{folder / unlisted[0]}: not listed in {path}; {rebuild}")
-    for name, digest in sorted(files.items()):
-        if not (folder / name).is_file():
-            raise EmptyDataError(f"{folder / name}: listed in {path} but missing; {rebuild}")
-        if file_sha256(folder / name) != digest:
-            raise EmptyDataError(f"{folder / name}: its sha256 does not match {path} (changed since built); {rebuild}")
 
 
 def _preference_rows(file: Path) -> list[tuple[int, dict[str, str]]]:
