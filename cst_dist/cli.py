@@ -62,6 +62,16 @@ def run_generate(config) -> None:
 RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train}
 
 
+def run_judge(config, input_path: str, output_path: str) -> None:
+    from cst_dist.evaluation.judge_file import judge_file
+
+    counts = judge_file(config, input_path, output_path)
+    agreement = f"; agreement with the input's labels {counts['agreement']:.3f} on {counts['labelled']} rows" \
+        if "agreement" in counts else ""
+    print(f"judged {counts['rows']} rows with {counts['judge']}: {counts['safe']} safe, {counts['unsafe']} unsafe, "
+          f"{counts['unparsed']} unparsed{agreement} -> {counts['output']}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cst", description="Configurable Safety Tuning at cluster scale")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also: CST_DEBUG=1)")
@@ -76,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     export.add_argument("--output", help="default: RUN_DIR/export/TAG")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in the output folder")
+    judge_help = "judge a JSONL of (prompt, answer) rows with eval.judge -> the rows with safe and judge_raw"
+    judge = commands.add_parser("judge", help=judge_help, description=judge_help)
+    judge.add_argument("config", help="YAML file or preset name in configs/ (e.g. tiny-cpu)")
+    judge.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.judge.kind=keyword")
+    judge.add_argument("--input", required=True, help="JSONL/JSON/Parquet rows with prompt, answer (id, system)")
+    judge.add_argument("--output", required=True, help="JSONL to write (never the input file)")
     return parser.parse_args(argv)
 
 
@@ -98,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # The config is only read here; each stage records it in its own outputs once it has started.
         config = load_config(args.config, args.overrides)
+        if args.stage == "judge":
+            run_judge(config, args.input, args.output)
+            return 0
         RUNNERS[args.stage](config)
     except (UserError, OSError) as error:  # bad input, a missing path, a read-only or full disk: fixable by the user
         if debug:

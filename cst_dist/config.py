@@ -220,6 +220,8 @@ class JudgeConfig(StrictModel):
     model: ModelConfig | None = Field(None, description="eval.judge.kind=llm: the judge model (a local folder).")
     template: Literal["paper", "llama-guard"] = "paper"
     max_new_tokens: int = Field(5, gt=0, description="The paper's judge: temperature 0, at most 5 new tokens.")
+    batch_size: int = Field(16, gt=0, description="eval.judge.kind=llm: conversations per generate call.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="eval.judge.kind=llm: auto = cuda if present.")
     # http: an OpenAI-compatible chat-completions endpoint.
     base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1 (eval.judge.kind=http).")
     model_name: str | None = Field(None, description="The endpoint's model name (eval.judge.kind=http).")
@@ -227,6 +229,9 @@ class JudgeConfig(StrictModel):
     concurrency: int = Field(4, gt=0)
     timeout_s: float = Field(60.0, gt=0.0)
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (honouring Retry-After).")
+    retry_backoff_s: float = Field(
+        1.0, gt=0.0, description="First wait before a retry without Retry-After; doubles each retry (at most 60 s)."
+    )
     cache: str | None = Field(None, description="Verdict cache (JSONL); default <eval output>/judge/cache.jsonl.")
 
 

@@ -1,0 +1,67 @@
+"""Judges: who decides whether an answer is safe. One interface (`Judge.judge(rows) -> verdicts`), four kinds:
+
+    classifier  TF-IDF + logistic regression trained on the harmless pairs (offline default; measures its agreement)
+    llm         a local model with the paper's ethics-judge prompt or a Llama-Guard-style preset
+    http        an OpenAI-compatible endpoint (GPT-4 as in the paper, or a vLLM server), cached, retried
+    keyword     refusal phrases: a baseline only (about 50% agreement with careful judges)
+
+Verdicts: {"safe": True | False | None, "judge_raw": str}; None = unparsed, counted apart by the scorer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cst_dist.config import ConfigError, JudgeConfig
+from cst_dist.evaluation.judges.base import Judge, Verdict, parse_llama_guard, parse_paper
+
+__all__ = ["Judge", "Verdict", "build_judge", "judge_info", "parse_llama_guard", "parse_paper"]
+
+
+def _path(value: str | None, default: Path) -> Path:
+    return Path(value).expanduser() if value else default
+
+
+def build_judge(judge: JudgeConfig, *, workdir: Path, train_data: Path | None) -> Judge:
+    """The judge `judge` describes. Settings are checked first (one-line ConfigError naming the key).
+
+    workdir: the eval output folder; the classifier is saved at workdir/judge/classifier.json and the http cache
+    kept at workdir/judge/cache.jsonl unless eval.judge.classifier_path / eval.judge.cache say otherwise.
+    train_data: what the classifier learns from when eval.judge.train_data is unset (a `cst build` folder or the
+    released JSON); None and no saved classifier is an error.
+    """
+    workdir = Path(workdir)
+    if judge.kind == "keyword":
+        from cst_dist.evaluation.judges.keyword import KeywordJudge
+
+        return KeywordJudge()
+    if judge.kind == "http":
+        missing = [key for key in ("base_url", "model_name") if not getattr(judge, key)]
+        if missing:
+            raise ConfigError(f"eval.judge.kind=http needs eval.judge.{missing[0]} (e.g. "
+                              + ("eval.judge.base_url=http://localhost:8000/v1)" if missing[0] == "base_url"
+                                 else "eval.judge.model_name=gpt-4)"))
+        from cst_dist.evaluation.judges.http import HttpJudge
+
+        return HttpJudge(judge, _path(judge.cache, workdir / "judge" / "cache.jsonl"))
+    if judge.kind == "llm":
+        from cst_dist.evaluation.judges.llm import LLMJudge, check_model
+
+        problem = check_model(judge.model)
+        if problem:
+            raise ConfigError(problem)
+        return LLMJudge(judge)
+    from cst_dist.evaluation.judges.classifier import load_or_train
+
+    source = _path(judge.train_data, train_data) if judge.train_data or train_data else None
+    return load_or_train(_path(judge.classifier_path, workdir / "judge" / "classifier.json"), source)
+
+
+def judge_info(judge: Judge) -> dict[str, Any]:
+    """What the report's "judge" entry holds: kind, name, and each kind's own facts (the classifier's held-out
+    agreement, the http judge's requests and cache, ...)."""
+    info = getattr(judge, "info", None)
+    if callable(info):
+        return info()
+    return {"kind": judge.name.split(":", 1)[0], "name": judge.name}
