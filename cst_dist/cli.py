@@ -14,6 +14,7 @@ STAGES = {
     "generate": "prompts -> preference pairs by self-critique (answer, critique, revision) on Ray actors",
     "build": "pairs (+ released set, extra tasks) -> preference set (CST doubling or plain DPO)",
     "train": "preference set -> policy checkpoints (full-parameter DPO under DeepSpeed ZeRO-3)",
+    "eval": "models or checkpoints -> S0/S1 safety (judged), preference accuracy -> eval/report.json|md + charts",
 }
 
 
@@ -59,7 +60,15 @@ def run_generate(config) -> None:
           f"{summary.shards_generated} of {summary.shards_total} shards, {summary.generated_tokens} tokens")
 
 
-RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train}
+def run_eval(config) -> None:
+    from cst_dist.evaluation.runner import run_eval as evaluate
+
+    result = evaluate(config)
+    print(result.table)
+    print(f"report: {result.files['json']} ({', '.join(sorted(str(p.name) for p in result.files.values()))})")
+
+
+RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train, "eval": run_eval}
 
 
 def run_judge(config, input_path: str, output_path: str) -> None:

@@ -290,7 +290,7 @@ class RunConfig(StrictModel):
     def _expand_home(self) -> RunConfig:
         # The shell does not expand `~` inside `key=~/x`: without this, run_dir=~/x makes a folder named `~`.
         for section, key in PATH_KEYS:
-            owner = self if section is None else getattr(self, section)
+            owner = _section(self, section)
             value = getattr(owner, key)
             if isinstance(value, str) and value.startswith("~"):
                 object.__setattr__(owner, key, os.path.expanduser(value))
@@ -323,8 +323,16 @@ PATH_KEYS = (
     (None, "run_dir"), ("model", "path"), ("generate", "prompts"), ("generate", "templates"), ("generate", "output"),
     ("build", "pairs"), ("build", "released"), ("build", "extra_tasks"), ("build", "output"), ("train", "data"),
     ("train", "reference_cache"), ("eval", "generations"), ("eval", "preference_data"), ("eval", "reference"),
-    ("eval", "output"),
+    ("eval", "output"), ("eval.judge", "train_data"), ("eval.judge", "classifier_path"), ("eval.judge", "cache"),
 )
+
+
+def _section(config: RunConfig, section: str | None) -> Any:
+    """The config object a PATH_KEYS entry lives in: the root, `train`, or a nested `eval.judge`."""
+    owner = config
+    for name in (section.split(".") if section else ()):
+        owner = getattr(owner, name)
+    return owner
 # Train settings that do not change the trajectory: a run resumed with another value is still the same run.
 OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache")
 
@@ -442,7 +450,7 @@ def load_run_config(config_file: str | os.PathLike, run_dir: str | os.PathLike) 
     root = run_root(run_dir, config.run_dir)
     absolute = lambda value: value if value is None or Path(value).is_absolute() else str(root / value)
     for section, key in PATH_KEYS:
-        owner = config if section is None else getattr(config, section)
+        owner = _section(config, section)
         value = getattr(owner, key)
         value = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
         object.__setattr__(owner, key, value)

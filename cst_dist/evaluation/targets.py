@@ -36,6 +36,11 @@ class EvalTarget:
     step: int | None = None
     reference_path: Path | None = None
 
+    @property
+    def key(self) -> str:
+        """Unique per target: names its folder under <eval>/ (checkpoints of one run share a report name)."""
+        return self.name if self.step is None else f"{self.name}@{self.step}"
+
 
 def default_models(config: RunConfig) -> dict[str, str]:
     """The run's own checkpoints when it has any, else the configured base model."""
@@ -66,9 +71,7 @@ def _targets_of(name: str, value: str, eval_cfg: EvalConfig) -> list[EvalTarget]
         return [EvalTarget(name, folder)]
     tags = _checkpoint_tags(name, layout, tag, eval_cfg.checkpoints)
     reference = _run_reference(folder)
-    several = len(tags) > 1
-    return [EvalTarget(f"{name}@{_step(layout, t)}" if several else name, ensure_export(folder, t),
-                       _step(layout, t), reference) for t in tags]
+    return [EvalTarget(name, ensure_export(folder, tag), _step(layout, tag), reference) for tag in tags]
 
 
 def _checkpoint_tags(name: str, layout: RunLayout, tag: str, which: str) -> list[str]:

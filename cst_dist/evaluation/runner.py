@@ -1,0 +1,93 @@
+"""`cst eval`: models -> answers (farm) -> verdicts (judge) -> S0/S1 scores, preference accuracy -> report.
+
+    <eval>/<model>[@step]/generations/   answers, per shard (resumable)
+    <eval>/<model>[@step]/judged.jsonl   the answers with `safe` (true | false | null) and `judge_raw`
+    <eval>/judge/                 the classifier judge's saved model, the http judge's verdict cache
+    <eval>/report.json|md, *.png  the report (schema: cst_dist.evaluation.report)
+Every check that needs no model runs first: a bad `eval.models` entry or judge setting fails before any load.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cst_dist.config import RunConfig
+from cst_dist.evaluation.judges import build_judge, judge_info
+from cst_dist.evaluation.preference import preference_accuracy, preference_rows
+from cst_dist.evaluation.report import make_report, render_table, write_report
+from cst_dist.evaluation.safety import generate_answers, safety_items
+from cst_dist.evaluation.scores import load_labelled, score_labelled, score_safety
+from cst_dist.evaluation.targets import EvalTarget, resolve_targets
+from cst_dist.farm.pool import ShardDone
+from cst_dist.io import check_writable_dir, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """The report as written, where its files are, and per model what the generation run did."""
+
+    report: dict[str, Any]
+    files: dict[str, Path]
+    table: str
+    generation: dict[str, Any]
+
+
+def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | None = None) -> EvalResult:
+    eval_cfg = config.eval
+    folder = check_writable_dir(config.layout.eval, "eval.output")
+    if eval_cfg.generations:  # labelled rows: scored as they are, no model and no judge (the paper's Table I)
+        rows = load_labelled(eval_cfg.generations)  # rows name their model and step; else one model, the file's name
+        report = make_report(score_labelled(rows, "labels of the file", Path(eval_cfg.generations).stem),
+                             judge={"kind": "labels", "source": str(eval_cfg.generations)})
+        return _finish(folder, report, {})
+    targets = resolve_targets(config)
+    judge = build_judge(eval_cfg.judge, workdir=folder, train_data=judge_training_data(config))
+    items = safety_items(eval_cfg)
+    safety, generation = [], {}
+    for target in targets:
+        model_config = config.model.model_copy(update={"path": str(target.model_path), "tiny": None})
+        run = generate_answers(model_config, items, eval_cfg, folder / target.key / "generations", on_shard_done)
+        generation[target.key] = {"shards": run.shards_total, "generated": run.shards_generated,
+                                   "engine_calls": run.engine_calls, "retries": run.retries}
+        labelled = [{**row, **verdict} for row, verdict in zip(run.rows, judge.judge(run.rows), strict=True)]
+        write_jsonl_atomic(folder / target.key / "judged.jsonl", labelled)
+        safety += score_safety(labelled, target.name, judge.name, target.step)
+    report = make_report(safety, preference_view(config, targets), judge_info(judge))
+    return _finish(folder, report, generation)
+
+
+def judge_training_data(config: RunConfig) -> Path | None:
+    """What the classifier judge learns from when eval.judge.train_data is unset: the paper's released set if the
+    config names one that exists, else the run's preference set (its train split only, never test prompts)."""
+    released = config.build.released
+    if released and Path(released).is_file():
+        return Path(released)
+    return config.preference_dir if config.preference_dir.is_dir() else None
+
+
+def preference_view(config: RunConfig, targets: list[EvalTarget]) -> list[dict[str, Any]]:
+    """Preference accuracy on the build's held-out split for every target (skipped, with a reason, without one)."""
+    folder = Path(config.eval.preference_data) if config.eval.preference_data else config.preference_dir
+    if not config.eval.preference:
+        return []
+    if not any((folder / "data").glob("eval-*.parquet")):
+        log.warning("preference accuracy skipped: %s has no eval split (build with build.eval_fraction > 0, or set "
+                    "eval.preference_data)", folder)
+        return []
+    rows = preference_rows(folder, config.eval.system_prompts)
+    entries = []
+    for target in targets:
+        reference = target.reference_path or Path(config.eval.reference or config.model.path)
+        entries += preference_accuracy(target.model_path, reference, rows, config.data, target.name, target.step)
+    return entries
+
+
+def _finish(folder: Path, report: dict[str, Any], generation: dict[str, Any]) -> EvalResult:
+    files = write_report(folder, report)
+    return EvalResult(report, files, render_table(report), generation)
