@@ -88,6 +88,7 @@ class GenerationRun:
     shards_generated: int = 0
     engine_calls: int = 0
     retries: int = 0
+    seconds: float = 0.0  # from the first shard sent to the last result (actor start-up not included)
 
 
 def generation_plan(model_path: Path, items: list[SafetyItem], eval_cfg: EvalConfig) -> dict[str, Any]:
@@ -126,7 +127,8 @@ def generate_answers(model_config: ModelConfig, items: list[SafetyItem], eval_cf
     done_items = sum(len(shard.items) for shard in shards if shard.index in finished)
     job = Job(AnswerWorker, (model_config, eval_cfg.engine, eval_cfg.batch_size), role="evaluation", unit="prompt",
               total_items=len(items), items_done=done_items)
-    run.retries = run_shards(job, todo, FarmSettings.of("eval", eval_cfg), save).retries
+    pool_run = run_shards(job, todo, FarmSettings.of("eval", eval_cfg), save)
+    run.retries, run.seconds = pool_run.retries, pool_run.seconds
     run.rows = [row for shard in shards for row in _read_jsonl(folder / f"{shard.name}.jsonl")]
     return run
 
