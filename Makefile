@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cst build configs/tiny-cpu.yaml build.overwrite=true
 	$(VENV)/bin/cst train configs/tiny-cpu.yaml train.resume=auto
 	$(VENV)/bin/cst export runs/tiny-cpu --dtype float32 --overwrite
+	$(VENV)/bin/cst eval configs/tiny-cpu.yaml eval.sampling.max_new_tokens=64
 
 test: $(STAMP)
 	$(PY) -m pytest -q
