@@ -104,19 +104,22 @@ def farm_variants(args, config, items, work: Path) -> list[dict]:
     return results
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def print_report(report: dict) -> None:
-    print("\n| engine variant | batch | prompts | seconds | prompts/s | tokens/s | vs one at a time |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    base = report["engine"][0]["prompts_per_s"]
-    for row in report["engine"]:
-        print(f"| {row['variant']} | {row['batch_size']} | {row['prompts']} | {row['seconds']:.2f} | "
-              f"{row['prompts_per_s']:.1f} | {row['tokens_per_s']:.0f} | {row['prompts_per_s'] / base:.2f}x |")
-    print("\n| farm variant | prompts | shards | dispatch s | prompts/s | vs 1 actor | end-to-end s (with start-up) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    base = report["farm"][0]["prompts_per_s"]
-    for row in report["farm"]:
-        print(f"| {row['variant']} | {row['prompts']} | {row['shards']} | {row['dispatch_seconds']:.1f} | "
-              f"{row['prompts_per_s']:.1f} | {row['prompts_per_s'] / base:.2f}x | {row['end_to_end_seconds']:.1f} |")
+    engine, farm = report["engine"], report["farm"]
+    print("\n" + markdown_table(
+        ["engine variant", "batch", "prompts", "seconds", "prompts/s", "tokens/s", "vs one at a time"],
+        [[r["variant"], str(r["batch_size"]), str(r["prompts"]), f"{r['seconds']:.2f}", f"{r['prompts_per_s']:.1f}",
+          f"{r['tokens_per_s']:.0f}", f"{r['prompts_per_s'] / engine[0]['prompts_per_s']:.2f}x"] for r in engine]))
+    print("\n" + markdown_table(
+        ["farm variant", "prompts", "shards", "dispatch s", "prompts/s", "vs 1 actor", "end-to-end s (with start-up)"],
+        [[r["variant"], str(r["prompts"]), str(r["shards"]), f"{r['dispatch_seconds']:.1f}",
+          f"{r['prompts_per_s']:.1f}", f"{r['prompts_per_s'] / farm[0]['prompts_per_s']:.2f}x",
+          f"{r['end_to_end_seconds']:.1f}"] for r in farm]))
 
 
 def main() -> None:
