@@ -14,6 +14,7 @@ STAGES = {
     "generate": "prompts -> preference pairs by self-critique (answer, critique, revision) on Ray actors",
     "build": "pairs (+ released set, extra tasks) -> preference set (CST doubling or plain DPO)",
     "train": "preference set -> policy checkpoints (full-parameter DPO under DeepSpeed ZeRO-3)",
+    "sft": "preference set -> supervised warm-up checkpoints (`cst train` with train.objective=sft)",
     "eval": "models or checkpoints -> S0/S1 safety (judged), preference accuracy -> eval/report.json|md + charts",
 }
 
@@ -51,6 +52,12 @@ def run_train(config) -> None:
               f"{where}; export: cst export {config.run_dir}")
 
 
+def run_sft(config) -> None:
+    """`cst sft CONFIG` = `cst train CONFIG train.objective=sft`: the same trainer, run folder and outputs."""
+    config.train.objective = "sft"  # validated on assignment
+    run_train(config)
+
+
 def run_generate(config) -> None:
     from cst_dist.generation.run import run_farm
 
@@ -68,7 +75,7 @@ def run_eval(config) -> None:
     print(f"report: {result.files['json']} ({', '.join(sorted(str(p.name) for p in result.files.values()))})")
 
 
-RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train, "eval": run_eval}
+RUNNERS = {"generate": run_generate, "build": run_build, "train": run_train, "sft": run_sft, "eval": run_eval}
 
 
 def run_judge(config, input_path: str, output_path: str) -> None:

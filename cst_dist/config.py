@@ -152,6 +152,18 @@ class TrainConfig(StrictModel):
     """Full-parameter CST-DPO. Defaults follow the paper's reference settings (arXiv 2404.00495; README "Train")."""
 
     data: str | None = Field(None, description="Preference set folder; default: <run_dir>/preference.")
+    objective: Literal["dpo", "sft"] = Field(
+        "dpo", description="dpo: preference training against a frozen reference (the loss_type below); sft: "
+        "supervised warm-up (`cst sft`), token-averaged NLL of the responses, no reference model."
+    )
+    sft_responses: Literal["chosen", "both"] = Field(
+        "chosen", description="objective=sft: which answers of a row become SFT examples; both: the chosen and the "
+        "rejected one (two examples a row, so a base model learns both styles of the harmless pairs)."
+    )
+    sft_system_prompt: Literal["keep", "drop"] = Field(
+        "keep", description="objective=sft: keep the row's system prompt, or drop it (the model learns the answers "
+        "without any system-prompt switch)."
+    )
     beta: float = Field(0.1, gt=0.0)
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)

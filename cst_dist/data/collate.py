@@ -4,6 +4,10 @@ A row (system, prompt, chosen, rejected) becomes prompt ids (the chat template u
 prompt) and two response ids (the rest of the rendered conversation: the answer and the template's end-of-turn).
 The prompt is cut from the left to `max_prompt_length` (its end, next to the answer, is kept); the responses are cut
 from the right so that prompt + response fits `max_length`.
+
+An SFT example (`cst sft`) is an `EncodedPair` without a rejected side (`rejected_ids == []`, see
+`PairTokenizer.encode_sft`): the collators then emit its one sequence, so the same padded and packed batches, labels
+and `sequence_ids` serve both objectives.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ class EncodedPair:
     rejected_ids: list[int]
     system: str = ""
 
-    def lengths(self) -> tuple[int, int]:
-        return len(self.prompt_ids) + len(self.chosen_ids), len(self.prompt_ids) + len(self.rejected_ids)
+    def lengths(self) -> tuple[int, ...]:
+        """Token lengths of the sequences a batch holds for this pair: (chosen, rejected), or (response,) for an SFT
+        example (no rejected side)."""
+        chosen = len(self.prompt_ids) + len(self.chosen_ids)
+        return (chosen, len(self.prompt_ids) + len(self.rejected_ids)) if self.rejected_ids else (chosen,)
 
 
 @dataclass
@@ -60,20 +67,42 @@ class PairTokenizer:
 
     def encode(self, row: dict[str, str], source: str = "<rows>", row_number: int | None = None) -> EncodedPair | None:
         """Tokenize one row; returns None when the over-length policy is `skip` and the row does not fit."""
-        cfg = self.config
         messages = self.chat.messages(row["system"], row["prompt"])
         prompt_ids = self.chat.encode_conversation(messages)
         chosen_ids = self.chat.ids(self.chat.response_text(messages, row["chosen"]))
         rejected_ids = self.chat.ids(self.chat.response_text(messages, row["rejected"]))
-        self.stats.rows += 1
+        fitted = self._fit(prompt_ids, [chosen_ids, rejected_ids], "chosen/rejected", source, row_number)
+        if fitted is None:
+            return None
+        prompt_ids, (chosen_ids, rejected_ids) = fitted
+        return EncodedPair(prompt_ids, chosen_ids, rejected_ids, row["system"])
 
-        too_long = len(prompt_ids) > cfg.max_prompt_length or (
-            len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > cfg.max_length
-        )
+    def encode_sft(self, row: dict[str, str], response: str = "chosen", keep_system: bool = True,
+                   source: str = "<rows>", row_number: int | None = None) -> EncodedPair | None:
+        """One SFT example of a row: its prompt (under its system prompt, or none with `keep_system=False`) and the
+        answer `row[response]`, as an `EncodedPair` without a rejected side. Same encoding, limits and over-length
+        policy as `encode`; None when the policy is `skip` and the example does not fit."""
+        system = row["system"] if keep_system else ""
+        messages = self.chat.messages(system, row["prompt"])
+        prompt_ids = self.chat.encode_conversation(messages)
+        response_ids = self.chat.ids(self.chat.response_text(messages, row[response]))
+        fitted = self._fit(prompt_ids, [response_ids], response, source, row_number)
+        if fitted is None:
+            return None
+        prompt_ids, (response_ids,) = fitted
+        return EncodedPair(prompt_ids, response_ids, [], system)
+
+    def _fit(self, prompt_ids: list[int], responses: list[list[int]], response_field: str, source: str,
+             row_number: int | None) -> tuple[list[int], list[list[int]]] | None:
+        """Apply the length limits to one prompt and its responses: cut (counted), or skip (None) / raise."""
+        cfg = self.config
+        self.stats.rows += 1
+        longest_response = max(len(ids) for ids in responses)
+        too_long = len(prompt_ids) > cfg.max_prompt_length or len(prompt_ids) + longest_response > cfg.max_length
         if too_long and cfg.over_length != "truncate":
-            longest = "prompt" if len(prompt_ids) > cfg.max_prompt_length else "chosen/rejected"
+            longest = "prompt" if len(prompt_ids) > cfg.max_prompt_length else response_field
             message = (
-                f"{len(prompt_ids)} prompt + {max(len(chosen_ids), len(rejected_ids))} response tokens exceed "
+                f"{len(prompt_ids)} prompt + {longest_response} response tokens exceed "
                 f"data.max_prompt_length={cfg.max_prompt_length} / data.max_length={cfg.max_length}"
             )
             if cfg.over_length == "error":
@@ -84,16 +113,19 @@ class PairTokenizer:
             prompt_ids = prompt_ids[-cfg.max_prompt_length:]  # keep the end, next to the answer
             self.stats.prompt_truncated += 1
         budget = cfg.max_length - len(prompt_ids)
-        if len(chosen_ids) > budget or len(rejected_ids) > budget:
-            chosen_ids, rejected_ids = chosen_ids[:budget], rejected_ids[:budget]
+        if any(len(ids) > budget for ids in responses):
+            responses = [ids[:budget] for ids in responses]
             self.stats.response_truncated += 1
-        return EncodedPair(prompt_ids, chosen_ids, rejected_ids, row["system"])
+        return prompt_ids, responses
 
 
 def _sequences(pairs: list[EncodedPair]) -> list[tuple[list[int], int]]:
-    """(input ids, prompt length) for every chosen, then every rejected sequence: one forward serves both."""
+    """(input ids, prompt length) for every chosen, then every rejected sequence: one forward serves both. A batch of
+    SFT examples (no rejected side) gives one sequence per example; a batch never mixes the two kinds."""
     chosen = [(p.prompt_ids + p.chosen_ids, len(p.prompt_ids)) for p in pairs]
-    rejected = [(p.prompt_ids + p.rejected_ids, len(p.prompt_ids)) for p in pairs]
+    rejected = [(p.prompt_ids + p.rejected_ids, len(p.prompt_ids)) for p in pairs if p.rejected_ids]
+    if rejected and len(rejected) != len(pairs):
+        raise ValueError("a batch mixes preference pairs and SFT examples (pairs without a rejected side)")
     return chosen + rejected
 
 
@@ -102,7 +134,7 @@ def _labels(ids: list[int], prompt_length: int) -> list[int]:
 
 
 def pad_batch(pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """Right-padded batch of 2B rows (chosen 0..B-1, rejected B..2B-1).
+    """Right-padded batch of 2B rows (chosen 0..B-1, rejected B..2B-1); B rows for B SFT examples.
 
     Returns input_ids, attention_mask, labels: [2B, T] with T the longest row (rounded up to a multiple).
     """
@@ -122,8 +154,9 @@ def pad_batch(pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: i
 def pack_batch(
     pairs: list[EncodedPair], pad_token_id: int, pad_to_multiple_of: int = 1, row_tokens: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """The 2B sequences of the batch packed without padding between them, into rows of at most `row_tokens` tokens
-    (None: a single row). Sequences are placed longest first into the first row with room (first-fit decreasing).
+    """The 2B sequences of the batch (B for SFT examples) packed without padding between them, into rows of at most
+    `row_tokens` tokens (None: a single row). Sequences are placed longest first into the first row with room
+    (first-fit decreasing).
 
     Returns input_ids, labels, position_ids, sequence_ids: [R, W] (position ids restart at 0 for every sequence, which
     is how flash-attn varlen and transformers' SDPA mask find the boundaries; sequence_ids index the 2B sequences),

@@ -42,13 +42,7 @@ def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: 
     The folder must be what `cst build` wrote: its manifest's checksums must match the Parquet files, and every row
     must hold the six string fields. Anything else is an error naming the file (and row, and column).
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise EmptyDataError(f"train.data {folder} is a file, not a preference set folder; run `cst build` first")
-    files = sorted((folder / "data").glob(f"{split}-*.parquet"))
-    if not files:
-        raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
-    verify_preference_set(folder, "train.data")
+    files = _split_files(Path(folder), split)
     encoder = PairTokenizer(tokenizer, data_config)
     pairs, ids = [], []
     for file in files:
@@ -60,7 +54,52 @@ def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: 
     if not pairs:
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
     log.info("tokenized %s: %s", folder, encoder.stats.summary())
-    return TokenizedSet(pairs, ids, encoder.stats, folder)
+    return TokenizedSet(pairs, ids, encoder.stats, Path(folder))
+
+
+def load_sft_set(folder: Path, data_config: DataConfig, tokenizer, responses: str = "chosen",
+                 keep_system: bool = True, split: str = "train") -> TokenizedSet:
+    """SFT examples (`train.objective=sft`) from the same preference set, checked and tokenized as for DPO: per row
+    its chosen answer (`responses="chosen"`), or its chosen and its rejected answer (`"both"`: two examples), under
+    the row's system prompt or none (`keep_system=False`). Each example is an `EncodedPair` without a rejected side;
+    its id is `<row id>:chosen` or `<row id>:rejected`. Duplicates are kept: in a CST set a pair's two answers appear
+    under both system prompts, so with `both` and the system prompt dropped every example appears twice, uniformly.
+    """
+    files = _split_files(Path(folder), split)
+    encoder = PairTokenizer(tokenizer, data_config)
+    keys = ("chosen", "rejected") if responses == "both" else ("chosen",)
+    examples, ids, rows = [], [], 0
+    for file in files:
+        for row_number, row in _preference_rows(file):
+            rows += 1
+            for key in keys:
+                example = encoder.encode_sft(row, key, keep_system, str(file), row_number)
+                if example is not None:
+                    examples.append(example)
+                    ids.append(f"{row['id']}:{key}")
+    if not examples:
+        raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows for SFT")
+    log.info("SFT set %s: %d examples from %d rows (responses: %s, system prompt: %s); %s", folder, len(examples),
+             rows, responses, "kept" if keep_system else "dropped", encoder.stats.summary())
+    return TokenizedSet(examples, ids, encoder.stats, Path(folder))
+
+
+def load_train_set(folder: Path, data_config: DataConfig, train: TrainConfig, tokenizer) -> TokenizedSet:
+    """What `train.objective` trains on: preference pairs (dpo) or SFT examples of the same set (sft)."""
+    if train.objective == "sft":
+        return load_sft_set(folder, data_config, tokenizer, train.sft_responses, train.sft_system_prompt == "keep")
+    return load_tokenized_set(folder, data_config, tokenizer)
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """The split's Parquet files of a verified `cst build` output; a missing or foreign folder is a one-line error."""
+    if folder.exists() and not folder.is_dir():
+        raise EmptyDataError(f"train.data {folder} is a file, not a preference set folder; run `cst build` first")
+    files = sorted((folder / "data").glob(f"{split}-*.parquet"))
+    if not files:
+        raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
+    verify_preference_set(folder, "train.data")
+    return files
 
 
 def _preference_rows(file: Path) -> list[tuple[int, dict[str, str]]]:

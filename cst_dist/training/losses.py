@@ -1,8 +1,9 @@
-"""Preference losses for CST-DPO, on sequence log-probabilities (see `cst_dist.logprobs`).
+"""Losses on sequence log-probabilities (see `cst_dist.logprobs`): preference losses for CST-DPO, and the SFT loss.
 
 `preference_loss` turns the four log-probabilities of a preference pair (policy/reference x chosen/rejected) into a
-per-example loss and the implicit rewards. Nothing here reduces over the batch: the trainer decides how to average
-across micro-batches and ranks.
+per-example loss and the implicit rewards. Nothing there reduces over the batch: the trainer decides how to average
+across micro-batches and ranks. `sft_loss` (the `cst sft` warm-up) is a token mean, so it takes the token count it
+averages over from the trainer.
 """
 
 from __future__ import annotations
@@ -94,3 +95,22 @@ def preference_loss(
     chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+# --- supervised fine-tuning ----------------------------------------------------------------------------------------
+
+
+def sft_loss(sequence_logps: Tensor, num_tokens: float | Tensor) -> Tensor:
+    """Mean negative log-likelihood per response token: `-sum(sequence_logps) / num_tokens` (token-weighted, as
+    Hugging Face's Trainer and TRL's SFTTrainer compute it; a long answer weighs by its tokens, not as one example).
+
+    `sequence_logps` [B] are summed response log-probs (`sequence_logps(..., average=False)`); `num_tokens` is the
+    number of response tokens to average over: this batch's (`sequence_token_counts(...).sum()`) gives its mean, the
+    whole optimizer step's gives this batch's share of the step's mean (how the trainer weights accumulated
+    micro-batches exactly). Returns a scalar. Raises ValueError for a non-1-D input or num_tokens <= 0.
+    """
+    if sequence_logps.ndim != 1:
+        raise ValueError(f"sequence_logps must have shape [B], got {tuple(sequence_logps.shape)}")
+    if not float(num_tokens) > 0:  # also rejects NaN
+        raise ValueError(f"num_tokens must be > 0, got {num_tokens!r}")
+    return -sequence_logps.sum() / num_tokens

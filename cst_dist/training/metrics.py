@@ -1,6 +1,8 @@
 """Step metrics: summed on every rank, reduced once per optimizer step, logged on rank 0.
 
-Names follow TRL/torchtune (`rewards/chosen`, `rewards/margins`, ...) so dashboards carry over.
+DPO steps log loss, rewards, log-probs and accuracies (`StepAccumulator`); SFT steps the token-mean loss only
+(`SftStepAccumulator`); both the throughput and padding metrics. Names follow TRL/torchtune (`rewards/chosen`,
+`rewards/margins`, ...) so dashboards carry over.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from cst_dist.training.distributed import all_reduce_sum
 SUM_KEYS = (
     "examples", "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
     "examples/s1", "rewards/accuracies/s1", "examples/s0", "rewards/accuracies/s0",
-    "tokens/real", "tokens/slots", "stop_requested",
+    "tokens/real", "tokens/slots", "stop_requested", "response_tokens",
 )
 # Per-example sums that become means over all ranks' examples.
 MEAN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected")
@@ -72,8 +74,16 @@ class StepAccumulator:
                 self.add(f"rewards/accuracies/{label}", correct[index])
 
     def reduce(self) -> dict[str, float]:
-        """All-reduce the sums and turn them into means over the examples of all ranks."""
+        """All-reduce the sums and turn them into the step's metrics (means over the examples of all ranks)."""
         total = dict(zip(SUM_KEYS, all_reduce_sum(self.sums.clone()).tolist(), strict=True))
+        metrics = self.objective_metrics(total)
+        metrics["tokens/real"] = total["tokens/real"]
+        metrics["padding_ratio"] = 1.0 - total["tokens/real"] / max(total["tokens/slots"], 1.0)
+        metrics["stop_requested"] = total["stop_requested"] > 0
+        return metrics
+
+    def objective_metrics(self, total: dict[str, float]) -> dict[str, float]:
+        """DPO: loss, rewards and log-probs as means over the examples, accuracies per system prompt."""
         n = max(total["examples"], 1.0)
         metrics = {key: total[key] / n for key in MEAN_KEYS}
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
@@ -82,10 +92,20 @@ class StepAccumulator:
             if count:
                 metrics[f"examples/{label}"] = count  # the mix behind the per-prompt accuracy
                 metrics[f"rewards/accuracies/{label}"] = total[f"rewards/accuracies/{label}"] / count
-        metrics["tokens/real"] = total["tokens/real"]
-        metrics["padding_ratio"] = 1.0 - total["tokens/real"] / max(total["tokens/slots"], 1.0)
-        metrics["stop_requested"] = total["stop_requested"] > 0
         return metrics
+
+
+class SftStepAccumulator(StepAccumulator):
+    """SFT steps: the responses' summed negative log-likelihood and their token count; the loss is their ratio over
+    all micro-batches and ranks (a token mean, as the gradient is), and there are no rewards."""
+
+    def add_sft_batch(self, sequence_logps: torch.Tensor, token_counts: torch.Tensor) -> None:
+        self.add("examples", len(sequence_logps))
+        self.add("loss", -sequence_logps.detach().double().sum())
+        self.add("response_tokens", token_counts.sum())
+
+    def objective_metrics(self, total: dict[str, float]) -> dict[str, float]:
+        return {"loss": total["loss"] / max(total["response_tokens"], 1.0)}
 
 
 class MetricsWriter:
