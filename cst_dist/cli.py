@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -88,6 +89,21 @@ def run_judge(config, input_path: str, output_path: str) -> None:
           f"{counts['unparsed']} unparsed{agreement} -> {counts['output']}")
 
 
+PIPELINE_HELP = "generate -> build -> (sft) -> train -> export -> eval in one run folder, skipping complete stages"
+
+
+def run_pipeline(config, from_stage: str | None, only: list[str] | None) -> None:
+    from cst_dist.evaluation.report import render_table
+    from cst_dist.pipeline import run_pipeline as run
+    from cst_dist.pipeline import summary_table
+
+    plan = run(config, from_stage, only)
+    print("\n" + summary_table(plan))
+    report = config.layout.eval / "report.json"
+    if "eval" in config.pipeline.stages and report.is_file():
+        print("\n" + render_table(json.loads(report.read_text())))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cst", description="Configurable Safety Tuning at cluster scale")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also: CST_DEBUG=1)")
@@ -96,6 +112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         command = commands.add_parser(stage, help=help_text, description=help_text)
         command.add_argument("config", help="YAML file or preset name in configs/ (e.g. tiny-cpu)")
         command.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.beta=0.05 build.mode=dpo")
+    pipeline = commands.add_parser("pipeline", help=PIPELINE_HELP, description=PIPELINE_HELP)
+    pipeline.add_argument("config", help="YAML file or preset name in configs/ (e.g. tiny-cpu)")
+    pipeline.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pipeline.stages=[build,train]")
+    pipeline.add_argument("--from", dest="from_stage", help="rerun from this stage on, even where complete")
+    pipeline.add_argument("--only", action="append", help="rerun only this stage (repeatable)")
     export = commands.add_parser("export", help="sharded checkpoint -> Hugging Face folder (safetensors)")
     export.add_argument("run_dir", help="run folder written by `cst train`")
     export.add_argument("--tag", help="checkpoint tag (default: the latest complete one)")
@@ -130,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # The config is only read here; each stage records it in its own outputs once it has started.
         config = load_config(args.config, args.overrides)
+        if args.stage == "pipeline":
+            run_pipeline(config, args.from_stage, args.only)
+            return 0
         if args.stage == "judge":
             run_judge(config, args.input, args.output)
             return 0

@@ -287,6 +287,36 @@ class EvalConfig(StrictModel):
     output: str | None = Field(None, description="Default: <run_dir>/eval.")
 
 
+PIPELINE_STAGES = ("generate", "build", "sft", "train", "export", "eval")
+
+
+class PipelineConfig(StrictModel):
+    """`cst pipeline`: the stages in one run folder, skipping complete ones; several arms trained side by side."""
+
+    stages: list[str] = Field(
+        default_factory=lambda: ["generate", "build", "train", "export", "eval"],
+        description=f"Stages to run, in this order: {', '.join(PIPELINE_STAGES)} (sft: a supervised base first).",
+    )
+    arms: dict[str, list[str]] = Field(
+        default_factory=dict, description="name -> dotted overrides of that arm (e.g. cst: [build.mode=cst]); each arm "
+        "builds, trains and exports in <run_dir>/<name>; {} = one arm, the run folder itself.",
+    )
+    sft_overrides: list[str] = Field(
+        default_factory=list, description="Dotted overrides of the sft stage (its run folder is <run_dir>/base)."
+    )
+    nproc_per_node: int = Field(1, gt=0, description="Training processes (torchrun) per node; 1 = plain `cst train`.")
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str]) -> list[str]:
+        unknown = [stage for stage in stages if stage not in PIPELINE_STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r} (stages: {', '.join(PIPELINE_STAGES)})")
+        if stages != sorted(stages, key=PIPELINE_STAGES.index) or len(set(stages)) != len(stages):
+            raise ValueError(f"stages run in the order {', '.join(PIPELINE_STAGES)}, each once; got {stages}")
+        return stages
+
+
 class RunConfig(StrictModel):
     """Everything one run needs. Every stage writes into `run_dir`."""
 
@@ -297,6 +327,7 @@ class RunConfig(StrictModel):
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _expand_home(self) -> RunConfig:
@@ -349,6 +380,10 @@ def _section(config: RunConfig, section: str | None) -> Any:
 OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache")
 
 
+# Train keys added after run folders existed (the sft objective): left out of the identity at their defaults.
+IDENTITY_KEYS_ADDED_LATER = ("objective", "sft_responses", "sft_system_prompt")
+
+
 def training_identity(config: RunConfig, data_fingerprint: str) -> dict[str, Any]:
     """The settings that decide a training run's trajectory; one run folder holds checkpoints of one identity.
 
@@ -358,6 +393,9 @@ def training_identity(config: RunConfig, data_fingerprint: str) -> dict[str, Any
     identity["model"]["path"] = str(Path(config.model.path).resolve())  # `models/x` and `/abs/models/x` are one model
     for key in OPERATIONAL_TRAIN_KEYS + ("data",):
         identity["train"].pop(key, None)
+    for key in IDENTITY_KEYS_ADDED_LATER:  # at their defaults they change nothing: older runs keep their identity
+        if identity["train"].get(key) == TrainConfig.model_fields[key].default:
+            identity["train"].pop(key)
     identity["train_data_fingerprint"] = data_fingerprint
     return identity
 

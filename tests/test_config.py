@@ -59,3 +59,11 @@ def test_resolved_config_round_trips(tmp_path):
     tree = yaml.safe_load(written.read_text())
     assert tree["train"]["beta"] == 0.2 and tree["train"]["loss_type"] == "sigmoid"  # defaults are written too
     assert load_config(str(written)) == config
+
+
+def test_keys_added_later_keep_older_run_identities():
+    from cst_dist.config import identity_hash, training_identity
+
+    dpo, sft = load_config("tiny-cpu"), load_config("tiny-cpu", ["train.objective=sft"])
+    assert "objective" not in training_identity(dpo, "data")["train"]  # a pre-sft run's identity is unchanged
+    assert identity_hash(training_identity(dpo, "data")) != identity_hash(training_identity(sft, "data"))

@@ -1,0 +1,227 @@
+"""`cst pipeline`: generate -> build -> (sft) -> train -> export -> eval in one run folder, skipping complete stages.
+
+    <run_dir>/pairs/             generate (shared by the arms)
+    <run_dir>/base/              sft: the supervised base model, exported; the arms train from it
+    <run_dir>/<arm>/             build, train, export of each arm (`pipeline.arms`; none: the run folder itself)
+    <run_dir>/eval/              eval: the base and every arm side by side
+    <run_dir>/logs/              per stage run: its resolved config (.yaml) and its output (.log)
+    <run_dir>/pipeline.jsonl     every stage start and end
+
+Each stage runs as its own `cst <stage>` process on the arm's resolved config (written beside its log), so
+a stage runs exactly as it would alone, and the pipeline only decides what runs: a stage whose output the run layout
+calls complete is skipped, so the same command resumes an interrupted pipeline. `--from STAGE` / `--only STAGE`
+rerun stages even when complete (their outputs are replaced; training resumes its own run).
+Every setting is checked before the first stage starts: arms' overrides, stage names, and what eval will find.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cst_dist.config import ConfigError, RunConfig, apply_override, dump_config
+from cst_dist.io import check_writable_dir, write_text_atomic
+from cst_dist.run_layout import RunLayout
+
+log = logging.getLogger(__name__)
+SHARED_STAGES = ("generate", "sft", "eval")  # once per pipeline; build, train and export run per arm
+
+
+@dataclass
+class StageRun:
+    """One stage of one arm: what it runs, where, and how it ended."""
+
+    stage: str
+    arm: str
+    config: RunConfig
+    status: str = "pending"  # pending | skipped (complete) | ran | failed
+    seconds: float = 0.0
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.run_dir)
+
+
+@dataclass
+class PipelinePlan:
+    runs: list[StageRun] = field(default_factory=list)
+
+
+def arm_config(config: RunConfig, arm: str, overrides: list[str], base_model: str | None) -> RunConfig:
+    """The arm's config: the pipeline's, then the arm's overrides, in <run_dir>/<arm>; from the sft base if any."""
+    tree = config.model_dump(mode="json")
+    for dotted in overrides:
+        apply_override(tree, dotted)
+    tree["run_dir"] = str(Path(config.run_dir) / arm) if arm else config.run_dir
+    tree.setdefault("train", {})["resume"] = "auto"  # a rerun continues the arm's own run, never starts it over
+    if base_model:
+        tree["model"]["path"], tree["model"]["tiny"] = base_model, None
+    try:
+        return RunConfig.model_validate(tree)
+    except Exception as error:  # pydantic's message names the key; say which arm it came from
+        raise ConfigError(f"pipeline.arms.{arm or '(run)'}: {' '.join(str(error).split())}") from None
+
+
+def plan_pipeline(config: RunConfig, stages: list[str]) -> PipelinePlan:
+    """Every stage run, in order, with its config; raises ConfigError (naming the key) before anything runs."""
+    pipe, root = config.pipeline, Path(config.run_dir)
+    arms = pipe.arms or {"": []}
+    base_dir = root / "base"
+    base_model = str(base_dir / "export" / "latest") if "sft" in pipe.stages else None
+    arm_configs = {arm: arm_config(config, arm, overrides, base_model) for arm, overrides in arms.items()}
+    first = next(iter(arm_configs.values()))
+    plan = PipelinePlan()
+    for stage in stages:
+        if stage == "generate":
+            plan.runs.append(StageRun(stage, "", config))
+        elif stage == "sft":
+            sft = arm_config(config, "base", ["train.objective=sft", *pipe.sft_overrides], None)
+            sft.train.data = str(first.preference_dir)  # the set the first arm builds
+            plan.runs.append(StageRun(stage, "base", sft))
+        elif stage == "eval":
+            plan.runs.append(StageRun(stage, "", eval_config(config, arm_configs, base_model)))
+        else:
+            plan.runs += [StageRun(stage, arm, arm_cfg) for arm, arm_cfg in arm_configs.items()]
+    check_eval_inputs(plan, stages)
+    return plan
+
+
+def eval_config(config: RunConfig, arm_configs: dict[str, RunConfig], base_model: str | None) -> RunConfig:
+    """Eval of the base and every arm side by side (unless eval.models says otherwise), in <run_dir>/eval."""
+    evaluation = config.eval.model_copy(deep=True)
+    if not evaluation.models:
+        evaluation.models = {"base": base_model or config.model.path,
+                             **{arm or "model": cfg.run_dir for arm, cfg in arm_configs.items()}}
+    first = next(iter(arm_configs.values()))
+    if evaluation.preference_data is None:
+        evaluation.preference_data = str(first.preference_dir)
+    if evaluation.reference is None:
+        evaluation.reference = base_model or config.model.path
+    return config.model_copy(update={"eval": evaluation})
+
+
+def check_eval_inputs(plan: PipelinePlan, stages: list[str]) -> None:
+    """Eval must find what it evaluates: a model folder that exists, or a run folder this pipeline trains."""
+    produced = {str(run.folder) for run in plan.runs if run.stage == "train"}
+    produced |= {str(run.folder / "export" / "latest") for run in plan.runs if run.stage == "sft"}
+    # A tiny model (model.tiny) is built where it is missing by the first stage that loads it.
+    produced |= {run.config.model.path for run in plan.runs if run.config.model.tiny is not None}
+    for run in plan.runs:
+        if run.stage != "eval":
+            continue
+        for name, value in run.config.eval.models.items():
+            path = value.partition(":")[0] if ":" in value and not Path(value).exists() else value
+            if path not in produced and not Path(path).exists() and not _will_exist(path, plan):
+                raise ConfigError(
+                    f"eval.models.{name}: {path} does not exist and no stage of this pipeline "
+                    f"(stages: {', '.join(stages)}) produces it; add train (or sft) to pipeline.stages or fix the path"
+                )
+
+
+def _will_exist(path: str, plan: PipelinePlan) -> bool:
+    return any(str(run.folder) == path for run in plan.runs if run.stage in ("train", "sft"))
+
+
+def stage_complete(run: StageRun) -> bool:
+    """The run layout's verdict; for sft, the base model must be trained and exported."""
+    layout = RunLayout.of(run.config)
+    if run.stage == "sft":
+        return layout.stage_complete("train") and layout.stage_complete("export")
+    return layout.stage_complete(run.stage)
+
+
+def stage_command(run: StageRun, config_file: Path, nproc: int) -> list[str]:
+    python = [sys.executable, "-m"]
+    if run.stage in ("train", "sft") and nproc > 1:
+        python += ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+    if run.stage == "export":
+        return python + ["cst_dist.cli", "export", run.config.run_dir, "--overwrite"]
+    stage = "train" if run.stage == "sft" else run.stage
+    overrides = ["build.overwrite=true"] if run.stage == "build" else []
+    return python + ["cst_dist.cli", stage, str(config_file), *overrides]
+
+
+def run_stage(run: StageRun, root: Path, nproc: int) -> None:
+    """One stage as its own process; its output goes to <run_dir>/logs/<stage>[-<arm>].log."""
+    name = f"{run.stage}-{run.arm}" if run.arm else run.stage
+    config_file, log_file = root / "logs" / f"{name}.yaml", root / "logs" / f"{name}.log"
+    write_text_atomic(config_file, dump_config(run.config))  # what the stage ran with, next to its log
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    with open(log_file, "w") as handle:
+        code = subprocess.run(stage_command(run, config_file, nproc), stdout=handle, stderr=subprocess.STDOUT,
+                              env=env).returncode
+    if code != 0:
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+        raise ConfigError(f"stage {name} failed (exit {code}): {lines[-1] if lines else ''} (log: {log_file})")
+    if run.stage == "sft":  # the arms train from the base's export, under a name that does not change with steps
+        export_latest(run)
+
+
+def export_latest(run: StageRun) -> None:
+    """Export the base's final checkpoint to <base>/export/latest (a stable model.path for the arms)."""
+    layout = RunLayout(run.folder)
+    latest = layout.latest_checkpoint()
+    target = run.folder / "export" / "latest"
+    if latest is None or (target / "export.json").is_file():
+        return
+    command = [sys.executable, "-m", "cst_dist.cli", "export", str(run.folder), "--tag", latest.name,
+               "--output", str(target), "--dtype", "float32", "--overwrite"]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def record(root: Path, run: StageRun, event: str) -> None:
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "event": event,
+             "stage": run.stage, "arm": run.arm, "status": run.status, "seconds": round(run.seconds, 1)}
+    with open(root / "pipeline.jsonl", "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def run_pipeline(config: RunConfig, from_stage: str | None = None, only: list[str] | None = None) -> PipelinePlan:
+    """Plan, check, then run every stage that is not complete (or that --from/--only asks to rerun)."""
+    stages = list(config.pipeline.stages)
+    for flag, names in (("--from", [from_stage] if from_stage else []), ("--only", only or [])):
+        unknown = [name for name in names if name not in stages]
+        if unknown:
+            raise ConfigError(f"{flag} {unknown[0]!r}: not a stage of this pipeline (pipeline.stages: {stages})")
+    if only:
+        forced = set(only)
+    elif from_stage:
+        forced = set(stages[stages.index(from_stage):])
+    else:
+        forced = set()
+    plan = plan_pipeline(config, [s for s in stages if not only or s in only])
+    root = check_writable_dir(config.run_dir, "run_dir")
+    for index, run in enumerate(plan.runs, start=1):
+        label = f"[{index}/{len(plan.runs)}] {run.stage}" + (f" ({run.arm})" if run.arm else "")
+        if run.stage not in forced and stage_complete(run):
+            run.status = "skipped"
+            print(f"{label}: complete, skipped", flush=True)
+            continue
+        print(f"{label}: running ...", flush=True)
+        record(root, run, "start")
+        started = time.perf_counter()
+        try:
+            run_stage(run, root, config.pipeline.nproc_per_node)
+            run.status = "ran"
+        except BaseException:
+            run.status = "failed"
+            raise
+        finally:
+            run.seconds = time.perf_counter() - started
+            record(root, run, "end")
+        print(f"{label}: done in {run.seconds:.0f} s", flush=True)
+    return plan
+
+
+def summary_table(plan: PipelinePlan) -> str:
+    rows = ["| stage | arm | status | seconds |", "|---|---|---|---:|"]
+    rows += [f"| {run.stage} | {run.arm or '-'} | {run.status} | {run.seconds:.0f} |" for run in plan.runs]
+    return "\n".join(rows)

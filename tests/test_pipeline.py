@@ -1,0 +1,73 @@
+"""`cst pipeline`: stages skipped when complete, an interrupted pipeline resumes with only the missing stages, and bad
+settings fail before any stage starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cst_dist.cli import main
+
+SMALL = ["data.max_length=96", "data.max_prompt_length=48", "train.max_steps=2", "train.reference=precomputed",
+         "eval.max_prompts=2", "eval.sampling.max_new_tokens=4", "eval.judge.kind=keyword", "eval.preference=false",
+         "eval.num_replicas=1", "eval.gpus_per_replica=0", "pipeline.stages=[build,train,export,eval]"]
+
+
+def pipeline_args(tmp_path, tiny_model_config, released_json):
+    return ["pipeline", "tiny-cpu", f"run_dir={tmp_path / 'run'}", f"model.path={tiny_model_config.path}",
+            "model.tiny=null", f"build.released={released_json}", *SMALL]
+
+
+def events(run_dir):
+    return [json.loads(line) for line in (run_dir / "pipeline.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_after_training_resumes_with_export_and_eval_only(tmp_path, tiny_model_config, released_json):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT", "RAY_ADDRESS")}
+    command = [sys.executable, "-m", "cst_dist.cli", *pipeline_args(tmp_path, tiny_model_config, released_json)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = [e for e in events(run_dir) if e["event"] == "end"] if (run_dir / "pipeline.jsonl").exists() else []
+        if any(e["stage"] == "train" for e in done):
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole pipeline and whatever stage it started next
+    proc.wait()
+    first = len(events(run_dir))
+    assert {"build", "train"} <= {e["stage"] for e in events(run_dir) if e["event"] == "end"}
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    started = [e["stage"] for e in events(run_dir)[first:] if e["event"] == "start"]
+    assert set(started) <= {"export", "eval"} and "eval" in started, started
+    assert "build: complete, skipped" in again.stdout and "train: complete, skipped" in again.stdout
+    assert (run_dir / "eval" / "report.json").is_file() and "| base |" in again.stdout
+
+    # Complete now: a third run starts nothing.
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "running" not in third.stdout
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--only", "serve"], "--only 'serve'"),
+    (["pipeline.stages=[build,serve]"], "pipeline.stages"),
+    (["pipeline.stages=[train,build]"], "pipeline.stages"),
+    (["eval.models={x: /nowhere/run}"], "eval.models.x"),
+    (["pipeline.arms={cst: [train.beta=-1]}"], "pipeline.arms.cst"),
+])
+def test_bad_settings_fail_before_any_stage(tmp_path, tiny_model_config, released_json, capsys, extra, fragment):
+    args = pipeline_args(tmp_path, tiny_model_config, released_json)
+    assert main(args + extra) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "run" / "pipeline.jsonl").exists()  # no stage started
