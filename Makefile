@@ -19,12 +19,10 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# A second `make demo` continues (or finds finished) the same run and replaces only its own earlier outputs.
+# The whole job on the tiny preset: generate, build, an SFT base, CST and DPO arms, export, eval (base/DPO/CST side
+# by side). A second `make demo` skips what is complete; an interrupted one resumes.
 demo: $(STAMP)
-	$(VENV)/bin/cst build configs/tiny-cpu.yaml build.overwrite=true
-	$(VENV)/bin/cst train configs/tiny-cpu.yaml train.resume=auto
-	$(VENV)/bin/cst export runs/tiny-cpu --dtype float32 --overwrite
-	$(VENV)/bin/cst eval configs/tiny-cpu.yaml eval.sampling.max_new_tokens=64
+	$(VENV)/bin/cst pipeline configs/tiny-cpu.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -16,7 +16,8 @@ from cst_dist.cli import main
 
 SMALL = ["data.max_length=96", "data.max_prompt_length=48", "train.max_steps=2", "train.reference=precomputed",
          "eval.max_prompts=2", "eval.sampling.max_new_tokens=4", "eval.judge.kind=keyword", "eval.preference=false",
-         "eval.num_replicas=1", "eval.gpus_per_replica=0", "pipeline.stages=[build,train,export,eval]"]
+         "eval.num_replicas=1", "eval.gpus_per_replica=0", "pipeline.stages=[build,train,export,eval]",
+         "pipeline.arms={}"]
 
 
 def pipeline_args(tmp_path, tiny_model_config, released_json):
