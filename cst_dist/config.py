@@ -407,9 +407,11 @@ def identity_hash(identity: dict[str, Any]) -> str:
 def identity_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two identities (for an error that names what changed)."""
     keys = sorted(set(old) | set(new))
+    # A key left out of an identity (added later, at its default) shows as that default, not as None.
+    omitted = {k: TrainConfig.model_fields[k].default for k in IDENTITY_KEYS_ADDED_LATER} if prefix == "train." else {}
     differences = []
     for key in keys:
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, omitted.get(key)), new.get(key, omitted.get(key))
         if isinstance(a, dict) and isinstance(b, dict):
             differences += identity_differences(a, b, f"{prefix}{key}.")
         elif a != b:
