@@ -109,7 +109,7 @@ def eval_config(config: RunConfig, arm_configs: dict[str, RunConfig], base_model
 
 def check_eval_inputs(plan: PipelinePlan, stages: list[str]) -> None:
     """Eval must find what it evaluates: a model folder that exists, or a run folder this pipeline trains."""
-    produced = {str(run.folder) for run in plan.runs if run.stage == "train"}
+    produced = {str(run.folder) for run in plan.runs if run.stage in ("train", "sft")}
     produced |= {str(run.folder / "export" / "latest") for run in plan.runs if run.stage == "sft"}
     # A tiny model (model.tiny) is built where it is missing by the first stage that loads it.
     produced |= {run.config.model.path for run in plan.runs if run.config.model.tiny is not None}
@@ -118,15 +118,11 @@ def check_eval_inputs(plan: PipelinePlan, stages: list[str]) -> None:
             continue
         for name, value in run.config.eval.models.items():
             path = value.partition(":")[0] if ":" in value and not Path(value).exists() else value
-            if path not in produced and not Path(path).exists() and not _will_exist(path, plan):
+            if path not in produced and not Path(path).exists():
                 raise ConfigError(
                     f"eval.models.{name}: {path} does not exist and no stage of this pipeline "
                     f"(stages: {', '.join(stages)}) produces it; add train (or sft) to pipeline.stages or fix the path"
                 )
-
-
-def _will_exist(path: str, plan: PipelinePlan) -> bool:
-    return any(str(run.folder) == path for run in plan.runs if run.stage in ("train", "sft"))
 
 
 def stage_complete(run: StageRun) -> bool:

@@ -11,15 +11,16 @@
     <run_dir>/export/<tag>/                  `cst export`: an HF folder + export.json (last)
     <run_dir>/eval/                          `cst eval`: <model>/generations/, judge/, report.json|md, charts
 Stages read and write paths through this module only, so a pipeline can ask "is this stage done?" in one place.
-Nothing here imports a stage or reads a config: `RunLayout.of(config)` takes what the config says.
+Nothing here imports a stage (only the floor's io) or reads a config: `RunLayout.of(config)` takes what the config says.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cst_dist.io import read_marker
 
 STAGES = ("generate", "build", "train", "export", "eval")
 MANIFEST = "manifest.json"  # pairs/ and preference/
@@ -76,6 +77,12 @@ class RunLayout:
     def export(self, tag: str) -> Path:
         return self.root / "export" / tag
 
+    def complete_tags(self) -> list[str]:
+        """Tags of the complete checkpoints (their marker exists), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p.name for p in self.checkpoints.iterdir() if p.is_dir() and (p / CHECKPOINT_MARKER).is_file())
+
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint `latest` names, if it is complete."""
         latest = self.checkpoints / "latest"
@@ -103,8 +110,4 @@ class RunLayout:
 
 def _json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when it is absent or torn (an incomplete stage, never an error here)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return read_marker(path.parent, path.name) or {}

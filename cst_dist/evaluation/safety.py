@@ -26,7 +26,7 @@ from cst_dist.farm.cluster import FarmSettings
 from cst_dist.farm.pool import Job, ShardDone, run_shards
 from cst_dist.farm.shards import Shard, plan_shards
 from cst_dist.farm.store import ShardStore
-from cst_dist.io import file_fingerprint
+from cst_dist.io import file_fingerprint, read_rows
 
 GENERATION_COUNTS = ("prompts", "tokens", "engine_calls")
 
@@ -129,9 +129,5 @@ def generate_answers(model_config: ModelConfig, items: list[SafetyItem], eval_cf
               total_items=len(items), items_done=done_items)
     pool_run = run_shards(job, todo, FarmSettings.of("eval", eval_cfg), save)
     run.retries, run.seconds = pool_run.retries, pool_run.seconds
-    run.rows = [row for shard in shards for row in _read_jsonl(folder / f"{shard.name}.jsonl")]
+    run.rows = [row for shard in shards for _, row in read_rows(folder / f"{shard.name}.jsonl")]
     return run
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -75,7 +75,7 @@ def _targets_of(name: str, value: str, eval_cfg: EvalConfig) -> list[EvalTarget]
 
 
 def _checkpoint_tags(name: str, layout: RunLayout, tag: str, which: str) -> list[str]:
-    complete = sorted(p.name for p in layout.checkpoints.iterdir() if (p / CHECKPOINT_MARKER).is_file())
+    complete = layout.complete_tags()
     if tag:
         if tag not in complete:
             raise EvalError(f"eval.models.{name}: {layout.checkpoint(tag)} is not a complete checkpoint")

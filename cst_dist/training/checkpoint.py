@@ -52,9 +52,7 @@ def read_marker(folder: Path) -> dict[str, Any]:
 
 def complete_tags(root: Path, run_hash: str | None = None) -> list[str]:
     """Tags of complete checkpoints, oldest first; with `run_hash`, only those saved by that run."""
-    if not root.is_dir():
-        return []
-    tags = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / MARKER).is_file())
+    tags = RunLayout(root.parent).complete_tags()
     if run_hash is not None:
         tags = [tag for tag in tags if read_marker(root / tag).get("run") == run_hash]
     return tags
