@@ -44,6 +44,10 @@ class TinyModelConfig(StrictModel):
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
+    tie_word_embeddings: bool = False
+    tokenizer_corpus: list[str] = Field(
+        default_factory=list, description="JSON/JSONL/Parquet files whose text trains the BPE next to AdvBench "
+        "(a missing file is skipped with a warning).")
     seed: int = 0
 
 
@@ -91,7 +95,8 @@ class BuildConfig(StrictModel):
         default_factory=lambda: ["harmless", "truthfulness"], description="Known task names; others are errors."
     )
     mode: Literal["cst", "dpo"] = Field("cst", description="cst: pair under s1 and reversed under s0; dpo: s1 only.")
-    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of pairs held out (each pair drawn from "
+                                 "its key and build.seed, so cst and dpo builds hold out the same pairs).")
     seed: int = 0
     on_bad_row: Literal["error", "skip"] = "error"
     output: str | None = Field(None, description="Default: <run_dir>/preference.")
@@ -163,6 +168,11 @@ class TrainConfig(StrictModel):
     sft_system_prompt: Literal["keep", "drop"] = Field(
         "keep", description="objective=sft: keep the row's system prompt, or drop it (the model learns the answers "
         "without any system-prompt switch)."
+    )
+    group_pairs: bool = Field(
+        False, description="Sample the s1 and s0 rows of a CST pair into the same global batch (shuffled as one "
+        "unit): the part of their gradients that ignores the system prompt cancels within the step, and what is "
+        "left trains the switch. Off: rows are shuffled one by one, as in the paper."
     )
     beta: float = Field(0.1, gt=0.0)
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
@@ -334,6 +344,8 @@ class RunConfig(StrictModel):
         # The shell does not expand `~` inside `key=~/x`: without this, run_dir=~/x makes a folder named `~`.
         for section, key in PATH_KEYS:
             owner = _section(self, section)
+            if owner is None:  # an optional section left out (model.tiny)
+                continue
             value = getattr(owner, key)
             if isinstance(value, str) and value.startswith("~"):
                 object.__setattr__(owner, key, os.path.expanduser(value))
@@ -367,6 +379,7 @@ PATH_KEYS = (
     ("build", "pairs"), ("build", "released"), ("build", "extra_tasks"), ("build", "output"), ("train", "data"),
     ("train", "reference_cache"), ("eval", "generations"), ("eval", "preference_data"), ("eval", "reference"),
     ("eval", "output"), ("eval.judge", "train_data"), ("eval.judge", "classifier_path"), ("eval.judge", "cache"),
+    ("model.tiny", "tokenizer_corpus"),
 )
 
 
@@ -374,14 +387,14 @@ def _section(config: RunConfig, section: str | None) -> Any:
     """The config object a PATH_KEYS entry lives in: the root, `train`, or a nested `eval.judge`."""
     owner = config
     for name in (section.split(".") if section else ()):
-        owner = getattr(owner, name)
+        owner = getattr(owner, name) if owner is not None else None
     return owner
 # Train settings that do not change the trajectory: a run resumed with another value is still the same run.
 OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache")
 
 
 # Train keys added after run folders existed (the sft objective): left out of the identity at their defaults.
-IDENTITY_KEYS_ADDED_LATER = ("objective", "sft_responses", "sft_system_prompt")
+IDENTITY_KEYS_ADDED_LATER = ("objective", "sft_responses", "sft_system_prompt", "group_pairs")
 
 
 def training_identity(config: RunConfig, data_fingerprint: str) -> dict[str, Any]:
@@ -503,6 +516,8 @@ def load_run_config(config_file: str | os.PathLike, run_dir: str | os.PathLike) 
     absolute = lambda value: value if value is None or Path(value).is_absolute() else str(root / value)
     for section, key in PATH_KEYS:
         owner = _section(config, section)
+        if owner is None:
+            continue
         value = getattr(owner, key)
         value = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
         object.__setattr__(owner, key, value)

@@ -18,7 +18,7 @@ import torch
 from cst_dist import prompts
 from cst_dist.config import ModelConfig, TinyModelConfig
 from cst_dist.errors import UserError
-from cst_dist.io import atomic_directory
+from cst_dist.io import atomic_directory, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,23 @@ class ModelLoadError(UserError, ValueError):
     pass
 
 
-def _tokenizer_corpus() -> list[str]:
+def _tokenizer_corpus(extra_files: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The vendored AdvBench text and the paper's strings, plus every string field of `extra_files` that exist."""
     with open(ADVBENCH_CSV, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     texts = [row["goal"] for row in rows] + [row["target"] for row in rows]
     texts += [value for name, value in vars(prompts).items() if name.isupper() and isinstance(value, str)]
+    for file in extra_files:
+        if not Path(file).is_file():
+            # The released set is not vendored (it holds harmful outputs): without it the vocabulary is AdvBench's.
+            log.warning("model.tiny.tokenizer_corpus: %s not found; training the tokenizer without it", file)
+            continue
+        texts += [value for _, row in read_rows(file) for value in row.values() if isinstance(value, str)]
     return texts
 
 
-def build_tiny_tokenizer(vocab_size: int):
-    """A byte-level BPE tokenizer trained (deterministically, offline) on the vendored AdvBench prompts."""
+def build_tiny_tokenizer(vocab_size: int, corpus_files: list[str] | tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained (deterministically, offline) on AdvBench and `corpus_files`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,7 +67,7 @@ def build_tiny_tokenizer(vocab_size: int):
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(_tokenizer_corpus(corpus_files), trainer=trainer)
     bos_id = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
@@ -76,7 +83,7 @@ def build_tiny_model(path: str | Path, config: TinyModelConfig) -> Path:
     """Build the tiny model + tokenizer and save them as an HF folder at `path` (atomically)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer(config.vocab_size)
+    tokenizer = build_tiny_tokenizer(config.vocab_size, config.tokenizer_corpus)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -88,7 +95,7 @@ def build_tiny_model(path: str | Path, config: TinyModelConfig) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=config.tie_word_embeddings,
     )
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(model_config)

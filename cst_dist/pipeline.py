@@ -19,9 +19,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from pathlib import Path
 from cst_dist.config import ConfigError, RunConfig, apply_override, dump_config
 from cst_dist.io import check_writable_dir, write_text_atomic
 from cst_dist.run_layout import RunLayout
+from cst_dist.stage_process import export_args, run_cst
 
 log = logging.getLogger(__name__)
 SHARED_STAGES = ("generate", "sft", "eval")  # once per pipeline; build, train and export run per arm
@@ -133,15 +131,13 @@ def stage_complete(run: StageRun) -> bool:
     return layout.stage_complete(run.stage)
 
 
-def stage_command(run: StageRun, config_file: Path, nproc: int) -> list[str]:
-    python = [sys.executable, "-m"]
-    if run.stage in ("train", "sft") and nproc > 1:
-        python += ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+def stage_args(run: StageRun, config_file: Path) -> list[str]:
+    """The `cst` arguments of one stage run (sft is `cst train` with the sft objective in its config)."""
     if run.stage == "export":
-        return python + ["cst_dist.cli", "export", run.config.run_dir, "--overwrite"]
+        return export_args(run.config.run_dir, overwrite=True)
     stage = "train" if run.stage == "sft" else run.stage
     overrides = ["build.overwrite=true"] if run.stage == "build" else []
-    return python + ["cst_dist.cli", stage, str(config_file), *overrides]
+    return [stage, str(config_file), *overrides]
 
 
 def run_stage(run: StageRun, root: Path, nproc: int) -> None:
@@ -149,14 +145,10 @@ def run_stage(run: StageRun, root: Path, nproc: int) -> None:
     name = f"{run.stage}-{run.arm}" if run.arm else run.stage
     config_file, log_file = root / "logs" / f"{name}.yaml", root / "logs" / f"{name}.log"
     write_text_atomic(config_file, dump_config(run.config))  # what the stage ran with, next to its log
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    with open(log_file, "w") as handle:
-        code = subprocess.run(stage_command(run, config_file, nproc), stdout=handle, stderr=subprocess.STDOUT,
-                              env=env).returncode
+    nproc = nproc if run.stage in ("train", "sft") else 1
+    code, last_line = run_cst(stage_args(run, config_file), log_file, nproc)
     if code != 0:
-        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
-        raise ConfigError(f"stage {name} failed (exit {code}): {lines[-1] if lines else ''} (log: {log_file})")
+        raise ConfigError(f"stage {name} failed (exit {code}): {last_line} (log: {log_file})")
     if run.stage == "sft":  # the arms train from the base's export, under a name that does not change with steps
         export_latest(run)
 
@@ -168,9 +160,9 @@ def export_latest(run: StageRun) -> None:
     target = run.folder / "export" / "latest"
     if latest is None or (target / "export.json").is_file():
         return
-    command = [sys.executable, "-m", "cst_dist.cli", "export", str(run.folder), "--tag", latest.name,
-               "--output", str(target), "--dtype", "float32", "--overwrite"]
-    subprocess.run(command, check=True, capture_output=True)
+    code, last_line = run_cst(export_args(run.folder, latest.name, target, "float32", overwrite=True))
+    if code != 0:
+        raise ConfigError(f"exporting the sft base {run.folder} {latest.name} failed (exit {code}): {last_line}")
 
 
 def record(root: Path, run: StageRun, event: str) -> None:

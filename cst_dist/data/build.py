@@ -160,34 +160,37 @@ def _claim_id(row: dict[str, str], path: str, number: int, seen: dict[str, tuple
     return {name: row[name] for name in PREFERENCE_FIELDS}
 
 
-def _pair_key(row: dict[str, str]) -> str:
+def pair_key(row: dict[str, str]) -> str:
     """Rows built from one pair (its `-s1` and `-s0` rows) share a key; any other row is its own group."""
     stem, _, suffix = row["id"].rpartition("-")
     return stem if row["task"] == HARMLESS_TASK and suffix in ("s0", "s1") and stem else row["id"]
 
 
+def _eval_draw(key: str, seed: int) -> float:
+    """A pair's uniform draw in [0, 1) from its key and the seed alone, not from the rows around it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+
+
 def _split(rows: list[dict[str, str]], eval_fraction: float, seed: int) -> dict[str, list[dict[str, str]]]:
-    """Seeded shuffle, then whole pairs, in shuffled order, fill the eval split up to `eval_fraction` of the rows:
-    the s1 and s0 rows of one prompt never land in different splits (eval would otherwise see a trained prompt)."""
+    """Seeded shuffle; a pair goes to eval when its draw (`_eval_draw`) is under `eval_fraction`.
+
+    Whole pairs move: the s1 and s0 rows of one prompt never land in different splits (eval would otherwise see a
+    trained prompt). The draw depends on the pair's key only, so a CST build and a DPO build of the same input hold
+    out the same pairs, and a DPO arm is never scored on pairs it trained on next to a CST arm.
+    """
     order = np.random.default_rng(seed).permutation(len(rows))
     shuffled = [rows[int(index)] for index in order]
     if eval_fraction <= 0:
         return {"train": shuffled}
-    # At least one eval row when asked for one, and never the whole set.
-    budget = min(max(1, round(len(shuffled) * eval_fraction)), len(shuffled) - 1)
-    sizes: dict[str, int] = {}
-    for row in shuffled:
-        sizes[_pair_key(row)] = sizes.get(_pair_key(row), 0) + 1
-    chosen: set[str] = set()
-    for key, size in sizes.items():  # dicts keep the shuffled order of first appearance
-        if size <= budget:
-            chosen.add(key)
-            budget -= size
-        if not budget:
-            break
-    splits = {"train": [row for row in shuffled if _pair_key(row) not in chosen]}
+    draws = {key: _eval_draw(key, seed) for key in dict.fromkeys(pair_key(row) for row in shuffled)}
+    chosen = {key for key, draw in draws.items() if draw < eval_fraction}
+    if not chosen:  # at least one eval pair when asked for one
+        chosen = {min(draws, key=draws.get)}
+    if len(chosen) == len(draws):  # and never the whole set
+        chosen.discard(max(draws, key=draws.get))
+    splits = {"train": [row for row in shuffled if pair_key(row) not in chosen]}
     if chosen:
-        splits["eval"] = [row for row in shuffled if _pair_key(row) in chosen]
+        splits["eval"] = [row for row in shuffled if pair_key(row) in chosen]
     return splits
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from cst_dist.config import EvalConfig, RunConfig, load_run_config
 from cst_dist.errors import UserError
 from cst_dist.run_layout import CHECKPOINT_MARKER, EXPORT_MARKER, RunLayout
+from cst_dist.stage_process import export_args, run_cst
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +105,10 @@ def ensure_export(run_dir: Path, tag: str) -> Path:
     if (folder / EXPORT_MARKER).is_file():
         return folder
     log.info("exporting %s of %s for evaluation", tag, run_dir)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     import torch
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # what the model runs in here (models.select_dtype)
-    command = [sys.executable, "-m", "cst_dist.cli", "export", str(run_dir), "--tag", tag, "--dtype", dtype]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise EvalError(f"exporting {run_dir} {tag} failed: {lines[-1] if lines else result.returncode}")
+    code, last_line = run_cst(export_args(run_dir, tag, dtype=dtype))
+    if code != 0:
+        raise EvalError(f"exporting {run_dir} {tag} failed (exit {code}): {last_line}")
     return folder

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cst_dist.config import ConfigError, DataConfig, TrainConfig
-from cst_dist.data.build import verify_preference_set
+from cst_dist.data.build import pair_key, verify_preference_set
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
 from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
 from cst_dist.errors import UserError
@@ -34,6 +34,7 @@ class TokenizedSet:
     ids: list[str]
     stats: TruncationStats
     source: Path
+    groups: list[str] | None = None  # per row, its pair's key (`data.build.pair_key`): rows that may batch together
 
 
 def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: str = "train") -> TokenizedSet:
@@ -44,17 +45,18 @@ def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: 
     """
     files = _split_files(Path(folder), split)
     encoder = PairTokenizer(tokenizer, data_config)
-    pairs, ids = [], []
+    pairs, ids, groups = [], [], []
     for file in files:
         for row_number, row in _preference_rows(file):
             pair = encoder.encode(row, str(file), row_number)
             if pair is not None:
                 pairs.append(pair)
                 ids.append(row["id"])
+                groups.append(pair_key(row))
     if not pairs:
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
     log.info("tokenized %s: %s", folder, encoder.stats.summary())
-    return TokenizedSet(pairs, ids, encoder.stats, Path(folder))
+    return TokenizedSet(pairs, ids, encoder.stats, Path(folder), groups)
 
 
 def load_sft_set(folder: Path, data_config: DataConfig, tokenizer, responses: str = "chosen",
@@ -150,16 +152,32 @@ class BatchPlan:
 class StepSampler:
     """Which row indices each rank's micro-batches use at a given optimizer step."""
 
-    def __init__(self, num_rows: int, plan: BatchPlan, seed: int):
+    def __init__(self, num_rows: int, plan: BatchPlan, seed: int, groups: list[str] | None = None):
+        """`groups`: a key per row; rows with one key stay next to each other in the epoch order, so they share a
+        global batch (unless the group straddles a batch boundary). None: rows are shuffled one by one."""
         if num_rows < plan.global_batch_size:
             raise EmptyDataError(
                 f"{num_rows} training rows are fewer than train.global_batch_size={plan.global_batch_size}"
             )
+        if groups is not None and len(groups) != num_rows:
+            raise ValueError(f"{len(groups)} group keys for {num_rows} rows")
         self.num_rows, self.plan, self.seed = num_rows, plan, seed
+        self.members: list[list[int]] | None = None
+        if groups is not None:
+            by_key: dict[str, list[int]] = {}
+            for row, key in enumerate(groups):
+                by_key.setdefault(key, []).append(row)
+            self.members = list(by_key.values())
         self.steps_per_epoch = num_rows // plan.global_batch_size  # the last partial batch is dropped
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.members is None:
+            return rng.permutation(self.num_rows)
+        order = []
+        for group in rng.permutation(len(self.members)):
+            order += self.members[group]
+        return np.asarray(order)
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """Row indices of each micro-batch this rank runs at `step`; micro-batch k of rank r holds global slots

@@ -92,7 +92,7 @@ def train(config: RunConfig) -> TrainResult:
     tokenizer = load_tokenizer(config.model)
     data = load_train_set(config.train_data_dir, config.data, train_cfg, tokenizer)
     plan = BatchPlan.of(train_cfg, env.world_size)
-    sampler = StepSampler(len(data.pairs), plan, train_cfg.seed)
+    sampler = StepSampler(len(data.pairs), plan, train_cfg.seed, data.groups if train_cfg.group_pairs else None)
     total_steps = train_cfg.max_steps or sampler.steps_per_epoch * train_cfg.epochs
     if env.is_rank_zero:
         log.info("%d rows, %d ranks x micro-batch %d x accumulation %d = global batch %d; %d steps",

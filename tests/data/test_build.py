@@ -111,9 +111,9 @@ def test_load_dataset_returns_train_and_eval(released_json, tmp_path):
     result = build_preference_set(_config(tmp_path, released=str(released_json), eval_fraction=0.1))
     loaded = datasets.load_dataset(str(result.output), cache_dir=str(tmp_path / "hf"))
     assert set(loaded) == {"train", "eval"}
-    assert (len(loaded["train"]), len(loaded["eval"])) == (1757, 195)
+    assert (len(loaded["train"]), len(loaded["eval"])) == (1770, 182)  # 9.3% of the rows; pairs are drawn
     assert loaded["train"].column_names == list(PREFERENCE_FIELDS)
-    assert _manifest(result.output)["counts"]["splits"] == {"train": 1757, "eval": 195}
+    assert _manifest(result.output)["counts"]["splits"] == {"train": 1770, "eval": 182}
     assert not set(loaded["train"]["id"]) & set(loaded["eval"]["id"])
     assert len(set(loaded["train"]["id"]) | set(loaded["eval"]["id"])) == 1952
     card = (result.output / "README.md").read_text()
@@ -310,3 +310,17 @@ def test_eval_split_keeps_the_two_rows_of_a_pair_together(released_json, tmp_pat
     stems = {name: {i.rsplit("-", 1)[0] for i in ids} for name, ids in harmless.items()}
     assert harmless["eval"] and not stems["train"] & stems["eval"]  # no prompt in both splits
     assert len(harmless["eval"]) == 2 * len(stems["eval"])  # each eval pair brings its s1 and s0 rows
+
+
+def test_cst_and_dpo_builds_hold_out_the_same_pairs(released_json, tmp_path):
+    # Arms compared side by side (the pipeline) are scored on one held-out set: neither may have trained on it.
+    def stems(mode: str) -> dict[str, set[str]]:
+        result = build_preference_set(_config(tmp_path / mode, released=str(released_json), mode=mode,
+                                              eval_fraction=0.1))
+        splits = {name: load_preference_split(result.output, name) for name in ("train", "eval")}
+        return {name: {i.rsplit("-", 1)[0] if t == "harmless" else i
+                       for i, t in zip(rows["id"], rows["task"], strict=True)} for name, rows in splits.items()}
+
+    cst, dpo = stems("cst"), stems("dpo")
+    assert cst["eval"] == dpo["eval"] and len(cst["eval"]) > 100
+    assert not cst["eval"] & dpo["train"] and not dpo["eval"] & cst["train"]

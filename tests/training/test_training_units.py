@@ -59,6 +59,29 @@ def test_sampler_same_global_batch_for_any_split():
     assert one_rank.micro_batches(5, 0) != one_rank.micro_batches(0, 0)  # a new order each epoch
 
 
+def test_sampler_groups_keep_a_pairs_rows_in_one_global_batch():
+    # 16 CST pairs (rows 2k, 2k+1 share a key, as `-s1`/`-s0` rows do) and 8 single rows of another task.
+    groups = [f"pair{i // 2}" for i in range(32)] + [f"single{i}" for i in range(8)]
+    plan = BatchPlan(8, 2, 2)
+    grouped, plain = StepSampler(40, plan, 0, groups), StepSampler(40, plan, 0)
+
+    def batch(sampler, step):
+        return [i for rank in (0, 1) for mb in sampler.micro_batches(step, rank) for i in mb]
+
+    def split_pairs(sampler, step):  # pairs with exactly one row in this step's batch
+        rows = set(batch(sampler, step))
+        return sum((2 * k in rows) != (2 * k + 1 in rows) for k in range(16))
+
+    assert sorted(i for step in range(5) for i in batch(grouped, step)) == list(range(40))  # every row once an epoch
+    epoch = grouped.epoch_order(0).tolist()
+    for k in range(16):  # a pair's rows sit next to each other in the order
+        assert abs(epoch.index(2 * k) - epoch.index(2 * k + 1)) == 1
+    # A pair can straddle a batch boundary only after an odd number of single rows: at most one pair a boundary.
+    assert sum(split_pairs(grouped, step) for step in range(5)) <= 4 * 2
+    assert sum(split_pairs(plain, step) for step in range(5)) > 8  # shuffled one by one, most pairs are split
+    assert batch(grouped, 5) != batch(grouped, 0)
+
+
 def test_resume_auto_never_picks_an_interrupted_save(tmp_path):
     root = tmp_path / "checkpoints"
     for step, complete in ((2, True), (4, False)):
