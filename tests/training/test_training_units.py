@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from cst_dist.config import ConfigError, TrainConfig
+from cst_dist.data.build import load_preference_split
 from cst_dist.training import deepspeed_config
 from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
 from cst_dist.training.data import BatchPlan, StepSampler
@@ -151,3 +152,17 @@ def test_ipo_uses_length_averaged_logps_and_log_steps_thins_the_log(tmp_path, ti
     assert [row["step"] for row in rows] == [2, 4, 5]  # every log_steps, and the last step
     # Per-token averages of a ~600-symbol vocabulary lie near -ln(600) = -6.4; sums over ~40 tokens near -250.
     assert all(-10 < row["logps/chosen"] < 0 and -10 < row["logps/rejected"] < 0 for row in rows), rows
+
+
+def test_group_pairs_trains_both_rows_of_each_pair_in_one_step(tmp_path, tiny_model_config, preference_dir):
+    # 48 pairs = 96 rows: grouped, every global batch of 8 holds 4 whole pairs, so 4 rows under s1 and 4 under s0.
+    overrides = train_overrides(tiny_model_config.path, preference_dir, tmp_path / "run", **{"train.group_pairs": True})
+    result = cst_train(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["examples/s1"], m["examples/s0"]) for m in metrics] == [(4.0, 4.0)] * 6
+    # Shuffled row by row (the default), the same seed gives unbalanced steps: the flag is what balances them.
+    plain = StepSampler(96, BatchPlan(8, 2, 1), seed=0)
+    ids = load_preference_split(preference_dir, "train")["id"]
+    s1_counts = [sum(ids[i].endswith("-s1") for mb in plain.micro_batches(step, 0) for i in mb) for step in range(6)]
+    assert s1_counts != [4] * 6
