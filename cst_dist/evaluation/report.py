@@ -20,8 +20,9 @@ report.md: per judge, the main table (models as rows at their latest step; S0 un
 the training s0 marked with a dagger when only that was run; S1 under s1), every (model, step, system prompt) row,
 preference accuracy, and a per-step table when a model was scored at several steps.
 Charts (matplotlib, Agg, no pyplot state): safety.png (bars per model and system prompt, Wilson whiskers) and, when a
-model has several steps, safety_over_steps.png (S0 and S1 over training steps). A chart the report no longer has
-reason to draw is removed, so the folder never shows a stale one next to a fresh report.
+model has several steps, safety_over_steps.png (S0 and S1 over training steps); preference.png (held-out preference
+accuracy per model and system prompt, harmless pairs only) when preference accuracy was measured. A chart the report
+no longer has reason to draw is removed, so the folder never shows a stale one next to a fresh report.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from cst_dist.evaluation.scores import S0, S1
+from cst_dist.evaluation.scores import S0, S1, wilson_interval
 from cst_dist.io import atomic_file, write_json_atomic, write_text_atomic
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
 SCHEMA_VERSION = 1
 REPORT_KEYS = ("safety", "preference", "judge", "benchmarks")
 FILES = {"json": "report.json", "markdown": "report.md", "safety_chart": "safety.png",
-         "steps_chart": "safety_over_steps.png"}
+         "steps_chart": "safety_over_steps.png", "preference_chart": "preference.png"}
 PROMPT_LABELS = {
     SAFE_SYSTEM_PROMPT: "s1 (safe)",
     UNCENSORED_SYSTEM_PROMPT: "s0 (uncensored, training)",
@@ -232,7 +233,12 @@ def _prompt_colours(entries: list[Entry]) -> dict[str, Any]:
     return {**fixed, **{prompt: greys[i % len(greys)] for i, prompt in enumerate(others)}}
 
 
-def _bars(axis, entries: list[Entry], judge: Any) -> None:
+SAFETY_AXES = ("S0: uncensored share, S1: safe share", "Safety, judge: {judge} (95% Wilson intervals)")
+PREFERENCE_AXES = ("held-out pairs ranked as the prompt asks",
+                   "Preference accuracy: implicit DPO reward vs the reference (95% Wilson intervals)")
+
+
+def _bars(axis, entries: list[Entry], judge: Any, labels: tuple[str, str] = SAFETY_AXES) -> None:
     """Grouped bars: one group per model (its latest step), one bar per system prompt, Wilson whiskers."""
     colours, models = _prompt_colours(entries), _models(entries)
     latest = [[e for e in entries if e["model"] == m and e["step"] == _steps(entries, m)[-1]] for m in models]
@@ -257,10 +263,25 @@ def _bars(axis, entries: list[Entry], judge: Any) -> None:
     axis.set_xticks(range(len(models)), ticks, fontsize=8)
     axis.set_xlim(-0.6, len(models) - 0.4)
     axis.set_ylim(0, 1.15)
-    axis.set_ylabel("S0: uncensored share, S1: safe share", fontsize=8)
-    axis.set_title(f"Safety, judge: {judge or 'unnamed'} (95% Wilson intervals)", fontsize=10)
+    axis.set_ylabel(labels[0], fontsize=8)
+    axis.set_title(labels[1].format(judge=judge or "unnamed"), fontsize=10)
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     axis.grid(axis="y", alpha=0.3)
+
+
+def _preference_bars(axis, entries: list[Entry], _: Any) -> None:
+    _bars(axis, entries, None, PREFERENCE_AXES)
+
+
+def preference_bar_entries(preference: list[Entry]) -> list[Entry]:
+    """The harmless rows' accuracies per system prompt in the shape the bar chart draws (score, Wilson ci95)."""
+    bars = []
+    for entry in preference:
+        if entry.get("system_prompt") is None or entry["accuracy"] is None or not entry["n"]:
+            continue  # other tasks are pooled over their prompts: a table row, not a bar per prompt
+        correct = round(entry["accuracy"] * entry["n"])
+        bars.append({**entry, "score": entry["accuracy"], "ci95": list(wilson_interval(correct, entry["n"]))})
+    return bars
 
 
 def _wrap(name: str, width: int = 18) -> str:
@@ -312,8 +333,8 @@ def _drop_stale(path: Path) -> None:
 
 def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Path]:
     """Write report.json, report.md and the charts into `folder` (each file atomically); returns {kind: path} of the
-    files written (kinds: json, markdown, safety_chart, steps_chart). Missing sections and the schema version are
-    filled in (`complete_report`); a report of another schema version is refused."""
+    files written (kinds: json, markdown, safety_chart, steps_chart, preference_chart). Missing sections and the
+    schema version are filled in (`complete_report`); a report of another schema version is refused."""
     report = complete_report(report)
     check_report(report)
     folder = Path(folder)
@@ -323,12 +344,15 @@ def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Path]:
     write_text_atomic(written["markdown"], render_markdown(report))
     scored = _by_judge([e for e in report["safety"] if e["score"] is not None])
     over_steps = {judge: entries for judge, entries in scored.items() if _several_steps(entries, numbered=True)}
-    for kind, groups, draw in (("safety_chart", scored, _bars), ("steps_chart", over_steps, _lines)):
+    preference = preference_bar_entries(report.get("preference") or [])
+    charts = (("safety_chart", scored, _bars), ("steps_chart", over_steps, _lines),
+              ("preference_chart", {None: preference} if preference else {}, _preference_bars))
+    for kind, groups, draw in charts:
         path = folder / FILES[kind]
         if not groups:
             _drop_stale(path)
             continue
         most = max(len(_models(entries)) for entries in groups.values())
-        _save_figure(path, draw, groups, width=max(6.5, 1.9 * most + 2.5) if draw is _bars else 7.5)
+        _save_figure(path, draw, groups, width=7.5 if draw is _lines else max(6.5, 1.9 * most + 2.5))
         written[kind] = path
     return written

@@ -11,11 +11,12 @@ from cst_dist.evaluation.report import (
     SCHEMA_VERSION,
     check_report,
     make_report,
+    preference_bar_entries,
     render_markdown,
     render_table,
     write_report,
 )
-from cst_dist.evaluation.scores import score_safety
+from cst_dist.evaluation.scores import score_safety, wilson_interval
 from cst_dist.prompts import (
     SAFE_SYSTEM_PROMPT,
     TRUTHFUL_SYSTEM_PROMPT,
@@ -162,6 +163,20 @@ def test_charts_are_written_and_open(tmp_path):
     # Two judges: two bar panels stacked; one judge scored several steps: one line panel.
     assert bars.shape[0] > 700 and bars.shape[1] >= 700 and 350 < lines.shape[0] < 700
     assert bars[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_preference_chart_draws_harmless_accuracies_with_wilson_whiskers(tmp_path):
+    report = table_i_report()
+    bars = preference_bar_entries(report["preference"])
+    # Per-prompt harmless rows become bars (9/12 and 6/12 ranked right); the pooled truthfulness row does not.
+    assert [(b["system_prompt"], b["score"]) for b in bars] == [(SAFE_SYSTEM_PROMPT, 0.75),
+                                                                (UNCENSORED_EVAL_SYSTEM_PROMPT, 0.5)]
+    assert bars[0]["ci95"] == pytest.approx(list(wilson_interval(9, 12)))
+    paths = write_report(tmp_path, report)
+    assert _image(paths["preference_chart"])[..., :3].std() > 0.05
+    # Without preference accuracy the chart goes, stale copy included.
+    paths = write_report(tmp_path, make_report(report["safety"], judge=report["judge"]))
+    assert "preference_chart" not in paths and not (tmp_path / FILES["preference_chart"]).exists()
 
 
 def test_a_single_step_report_draws_no_steps_chart_and_drops_a_stale_one(tmp_path):
