@@ -52,8 +52,8 @@ def ray_session(timeout_s: float) -> Iterator[str]:
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=True)
+        else:  # "local": a new instance, never a cluster named in a stale /tmp/ray/ray_current_cluster
+            ray.init(address="local", include_dashboard=False, log_to_driver=True)
     except ConnectionError as exc:
         raise FarmError(f"cannot connect to Ray (RAY_ADDRESS={address!r}): {exc}") from None
     try:
