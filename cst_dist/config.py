@@ -278,7 +278,7 @@ class EvalConfig(StrictModel):
         default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=256), description="Greedy by default."
     )
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers batched generate; vllm if installed.")
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="Prompts per generate call; pairs per preference-accuracy forward.")
     shard_size: int = Field(16, gt=0, description="Prompts per shard (the unit of work, retry and resume).")
     num_replicas: int | None = Field(None, gt=0)
     gpus_per_replica: int | None = Field(None, ge=0)

@@ -156,13 +156,15 @@ def _tokenizer(policy: ModelConfig, reference: ModelConfig):
 
 
 def implicit_reward_margins(policy: ModelRef, reference: ModelRef, rows: list[dict[str, Any]],
-                            data_config: DataConfig, batch_size: int = 4, device: str | torch.device | None = None
-                            ) -> tuple[list[int], torch.Tensor]:
+                            data_config: DataConfig, batch_size: int = 4, device: str | torch.device | None = None,
+                            memo: dict[str, torch.Tensor] | None = None) -> tuple[list[int], torch.Tensor]:
     """(indices of the rows scored, margins [len(indices)] float64): margin = (pi_c - ref_c) - (pi_r - ref_r).
 
     Rows are tokenized as in training (`PairTokenizer` under `data_config`); rows that `data.over_length=skip`
     drops are left out of the indices. A reference at the policy's own path is run once (every margin is 0).
     `device`: default the GPU when there is one (the models' dtype `auto` then means bf16), else the CPU.
+    `memo`: log-probs by resolved model path, kept across calls on the same `rows` (one reference, several policies:
+    the reference runs once); the caller owns it and must not reuse it for other rows.
     """
     policy, reference = _model_config(policy), _model_config(reference)
     tokenizer = _tokenizer(policy, reference)
@@ -176,11 +178,15 @@ def implicit_reward_margins(policy: ModelRef, reference: ModelRef, rows: list[di
     log.info("preference accuracy rows: %s", encoder.stats.summary())
     if not pairs:  # nothing fits: no model is loaded for nothing
         return kept, torch.zeros(0, dtype=torch.float64)
-    device = _device(device)
-    policy_logps = response_logps(policy, pairs, tokenizer.pad_token_id, batch_size, device)
-    same = Path(reference.path).resolve() == Path(policy.path).resolve()
-    reference_logps = policy_logps if same else response_logps(reference, pairs, tokenizer.pad_token_id,
-                                                              batch_size, device)
+    device, memo = _device(device), {} if memo is None else memo
+
+    def logps(model: ModelConfig) -> torch.Tensor:
+        key = str(Path(model.path).resolve())
+        if key not in memo:
+            memo[key] = response_logps(model, pairs, tokenizer.pad_token_id, batch_size, device)
+        return memo[key]
+
+    policy_logps, reference_logps = logps(policy), logps(reference)
     rewards = policy_logps - reference_logps  # [N, 2]: chosen, rejected
     return kept, rewards[:, 0] - rewards[:, 1]
 
@@ -192,10 +198,11 @@ def _group_key(row: dict[str, Any]) -> tuple[str, str | None]:
 
 def preference_accuracy(policy: ModelRef, reference: ModelRef, rows: list[dict[str, Any]], data_config: DataConfig,
                         model_name: str, step: int | None, batch_size: int = 4,
-                        device: str | torch.device | None = None) -> list[dict[str, Any]]:
+                        device: str | torch.device | None = None,
+                        memo: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
     """Share of rows whose implicit DPO reward ranks chosen above rejected, per group (first-seen order):
     [{"model", "step", "system_prompt", "condition", "task", "n", "accuracy"}]; see the module docstring."""
-    kept, margins = implicit_reward_margins(policy, reference, rows, data_config, batch_size, device)
+    kept, margins = implicit_reward_margins(policy, reference, rows, data_config, batch_size, device, memo)
     correct = dict(zip(kept, (margins > 0).tolist(), strict=True))
     groups: dict[tuple[str, str | None], list[int]] = {}
     for index, row in enumerate(rows):

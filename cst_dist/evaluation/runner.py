@@ -81,10 +81,11 @@ def preference_view(config: RunConfig, targets: list[EvalTarget]) -> list[dict[s
                     "eval.preference_data)", folder)
         return []
     rows = preference_rows(folder, config.eval.system_prompts)
-    entries = []
+    entries, memo = [], {}  # the shared reference is scored once for every target
     for target in targets:
         reference = target.reference_path or Path(config.eval.reference or config.model.path)
-        entries += preference_accuracy(target.model_path, reference, rows, config.data, target.name, target.step)
+        entries += preference_accuracy(target.model_path, reference, rows, config.data, target.name, target.step,
+                                       batch_size=config.eval.batch_size, memo=memo)
     return entries
 
 

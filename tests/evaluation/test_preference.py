@@ -73,7 +73,7 @@ def test_reposed_rows_put_y0_first_under_the_unseen_s0_prompt(eval_preference_di
     built = [row for row in rows if not row.get("reposed")]
     assert {row["system"] for row in built} == {SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT}
     pairs = {row["prompt"]: (row["rejected"], row["chosen"]) for row in built if row["system"] == SAFE_SYSTEM_PROMPT}
-    assert len(pairs) == len(built) // 2 == 6  # 25% of 48 rows: whole pairs, both rows of each
+    assert len(pairs) == len(built) // 2 == 4  # 4 of 24 pairs drawn at 25% (seed 0): both rows of each
     reposed = [row for row in rows if row.get("reposed")]
     # s1 and s0 re-posed would repeat built rows: only the unseen S0 prompt and the persona add rows.
     assert sorted({row["system"] for row in reposed}) == sorted([UNCENSORED_EVAL_SYSTEM_PROMPT, PERSONA])
@@ -167,6 +167,18 @@ def test_accuracy_matches_a_plain_forward(perturbed_model, tiny_model_config, ti
     by_prompt = {e["system_prompt"]: e for e in entries}
     assert by_prompt[UNCENSORED_EVAL_SYSTEM_PROMPT]["condition"] == "S0"
     assert by_prompt[None]["task"] == "truthfulness" and by_prompt[None]["n"] == 4
+
+
+def test_a_shared_reference_runs_once_across_policies(perturbed_model, tiny_model_config, rows):
+    memo = {}
+    alone = implicit_reward_margins(perturbed_model, tiny_model_config.path, rows, DATA, device="cpu")[1]
+    first = implicit_reward_margins(perturbed_model, tiny_model_config.path, rows, DATA, device="cpu", memo=memo)[1]
+    assert len(memo) == 2 and torch.equal(first, alone)
+    reference_logps = memo[str(Path(tiny_model_config.path).resolve())]
+    # The reference as its own policy: its log-probs are taken from the memo, not recomputed (same tensor object).
+    zeros = implicit_reward_margins(tiny_model_config, tiny_model_config.path, rows, DATA, device="cpu", memo=memo)[1]
+    assert len(memo) == 2 and memo[str(Path(tiny_model_config.path).resolve())] is reference_logps
+    assert zeros.abs().max().item() == 0.0
 
 
 def test_rows_dropped_by_the_length_policy_are_not_counted(tiny_model_config, tiny_tokenizer, rows):
