@@ -23,14 +23,14 @@ MASTER_PORT=${MASTER_PORT:-29500}
 PYTHON=${PYTHON:-python}
 
 if [[ -n "${RDZV_ID:-}" ]]; then
-  # is_host: node rank 0 hosts the rendezvous store (no guessing from host names, which may all look local)
+  # NODE_RANK 0 hosts the rendezvous store (no guessing from host names, which may all look local); ranks are then
+  # handed out by the rendezvous, so torchrun takes no --node_rank (it would ignore it, with a warning).
   RENDEZVOUS=(--rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "$RDZV_ID"
               --rdzv_conf "is_host=$([[ "$NODE_RANK" == 0 ]] && echo 1 || echo 0),join_timeout=${RDZV_JOIN_TIMEOUT:-600}")
 else
-  RENDEZVOUS=(--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+  RENDEZVOUS=(--node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 fi
 
 exec "$PYTHON" -m torch.distributed.run \
-  --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" --max_restarts 0 \
-  "${RENDEZVOUS[@]}" \
+  --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --max_restarts 0 "${RENDEZVOUS[@]}" \
   -m cst_dist.cli train "$CONFIG" "$@"

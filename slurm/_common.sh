@@ -26,7 +26,8 @@ log() {
     "$*" >&2
 }
 
-die() { log "ERROR: $*"; exit "${2:-1}"; }
+# die MESSAGE [EXIT CODE]: log the error and exit (default 1)
+die() { log "ERROR: $1"; exit "${2:-1}"; }
 
 # The interpreter every stage runs under (exported: the launchers read PYTHON).
 select_python() {
@@ -53,8 +54,8 @@ node_names() { scontrol show hostnames "$SLURM_JOB_NODELIST"; }
 # node_ip NAME: the IPv4 address a node name resolves to (the name itself if it does not resolve)
 node_ip() { getent ahostsv4 "$1" | awk 'NR == 1 {print $1; found = 1} END {exit !found}' || echo "$1"; }
 
-# config_query CONFIG [overrides...] -- QUERY: what the run layout of CONFIG says. QUERY: run_dir | complete:STAGE
-# (prints true/false: the run layout's test for that stage's output).
+# config_query CONFIG [overrides...] -- QUERY: what the run layout of CONFIG says. QUERY: run_dir, or
+# complete:STAGE[,STAGE...] (true/false per stage, space-separated: the run layout's test for the stage's output).
 config_query() {
   "$PYTHON" - "$@" <<'PY'
 import sys
@@ -67,19 +68,22 @@ config, query = load_config(args[0], args[1:split]), args[split + 1]
 if query == "run_dir":
     print(config.run_dir)
 elif query.startswith("complete:"):
-    print(str(config.layout.stage_complete(query.split(":", 1)[1])).lower())
+    print(" ".join(str(config.layout.stage_complete(stage)).lower() for stage in query[9:].split(",")))
 else:
     raise SystemExit(f"config_query: unknown query {query!r}")
 PY
 }
 
-# show_logs FILE...: the last lines of each log (per-node logs into the job's own log, after a failure)
+# show_logs FILE...: copy into this log the error lines (at most 10) and the last lines (CST_LOG_TAIL, default 15) of
+# each file: after a failure, the per-node logs' story is in the job's own log too
 show_logs() {
-  local file
+  local file errors
   for file in "$@"; do
     [[ -f "$file" ]] || continue
+    errors=$(grep -aiE 'error' "$file" | grep -avE '^[[:space:]]*(File |raise |return )' | head -n 10 || true)
+    [[ -n "$errors" ]] && { log "errors in $file:"; echo "$errors" >&2; }
     log "last lines of $file:"
-    tail -n "${CST_LOG_TAIL:-30}" "$file" >&2 || true
+    tail -n "${CST_LOG_TAIL:-15}" "$file" >&2 || true
   done
 }
 
@@ -104,7 +108,8 @@ ray_up() {
   head=${nodes[0]}
   head_ip=$(node_ip "$head")
   port=$(job_port 20000)
-  export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+  # no 30 s drain on SIGTERM (that is for Ray Serve on Kubernetes): ray_down stops the nodes at once
+  export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
   RAY_AUTH_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
   export RAY_AUTH_TOKEN
   export RAY_ADDRESS="$head_ip:$port"
@@ -122,29 +127,35 @@ ray_up() {
             --dashboard-agent-listen-port=$((40000 + SLURM_JOB_ID % 2000 * 10 + SLURM_NODEID % 10))
             --disable-usage-stats --block)
     if [[ "$1" == head ]]; then
-      exec "$PYTHON" -m ray.scripts.scripts start --head --port="$CST_RAY_PORT" --include-dashboard=false \
-        --ray-client-server-port=$((CST_RAY_PORT + 10000)) "${common[@]}"
+      role=(--head --port="$CST_RAY_PORT" --include-dashboard=false --ray-client-server-port=$((CST_RAY_PORT + 10000)))
+    else
+      role=(--address="$RAY_ADDRESS")
     fi
-    exec "$PYTHON" -m ray.scripts.scripts start --address="$RAY_ADDRESS" "${common[@]}"'
-  srun --overlap --nodes=1 --ntasks=1 --nodelist="$head" --kill-on-bad-exit=0 \
-    --output="$CST_LOG_DIR/ray-%j-node%n.log" bash -c "$start_node" ray-node head &
+    # ray_down ends the node with SIGTERM (ray start then exits 1): that is a clean stop, not a failed task
+    trap "stopped=1" TERM
+    rc=0
+    "$PYTHON" -m ray.scripts.scripts start "${role[@]}" "${common[@]}" || rc=$?
+    [[ "${stopped:-0}" == 1 ]] && exit 0
+    exit "$rc"'
+  # Head and workers start together (a worker retries until the head answers); then wait for all of them.
+  srun --overlap --nodes=1 --ntasks=1 --nodelist="$head" --job-name=cst-ray-head \
+    --output="$CST_LOG_DIR/ray-%j-head.log" bash -c "$start_node" ray-node head &
   RAY_STEP_PIDS+=($!)
-  ray_wait_nodes 1
   if (( count > 1 )); then
     srun --overlap --nodes=$((count - 1)) --ntasks=$((count - 1)) --ntasks-per-node=1 --exclude="$head" \
-      --output="$CST_LOG_DIR/ray-%j-node%n.log" bash -c "$start_node" ray-node worker &
+      --job-name=cst-ray-workers --output="$CST_LOG_DIR/ray-%j-worker%n.log" bash -c "$start_node" ray-node worker &
     RAY_STEP_PIDS+=($!)
-    ray_wait_nodes "$count"
   fi
+  ray_wait_nodes "$count"
 }
 
 # ray_wait_nodes N: block until N nodes are alive in the cluster at RAY_ADDRESS (CST_RAY_WAIT_S, default 180 s)
 ray_wait_nodes() {
   local pid
   for pid in "${RAY_STEP_PIDS[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { show_logs "$CST_LOG_DIR"/ray-"$SLURM_JOB_ID"-*.log; die "a Ray node step exited"; }
+    kill -0 "$pid" 2>/dev/null || { show_logs "$CST_LOG_DIR/ray-$SLURM_JOB_ID"-*.log; die "a Ray node step exited"; }
   done
-  "$PYTHON" - "$1" "${CST_RAY_WAIT_S:-180}" <<'PY' || { show_logs "$CST_LOG_DIR"/ray-"$SLURM_JOB_ID"-*.log; die "Ray did not come up"; }
+  "$PYTHON" - "$1" "${CST_RAY_WAIT_S:-180}" <<'PY' || { show_logs "$CST_LOG_DIR/ray-$SLURM_JOB_ID"-*.log; die "Ray did not come up"; }
 import os, socket, sys, time
 
 want, timeout = int(sys.argv[1]), float(sys.argv[2])
@@ -176,12 +187,25 @@ PY
   log "Ray: $1 node(s) alive"
 }
 
-# ray_down: end the Ray steps (their `ray start --block` stops its node's processes); runs on every exit (trap)
+# ray_down: stop Ray on every node; runs on every exit path (trap). SIGTERM to every process of the Ray steps (each
+# node's `ray start --block` and what it started) lets them exit on their own; steps still running after
+# CST_RAY_STOP_S (default 20 s) are ended by srun. Never `ray stop`: it kills every Ray instance on the node, other
+# jobs' too.
 ray_down() {
-  local pid
+  local steps pid i alive
+  (( ${#RAY_STEP_PIDS[@]} )) || return 0
+  steps=$(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk '$2 ~ /^cst-ray-/ {print $1}' || true)
+  [[ -n "$steps" ]] && scancel --quiet --signal=TERM $steps 2>/dev/null || true
+  for i in $(seq 1 $(( ${CST_RAY_STOP_S:-20} * 5 ))); do
+    alive=0
+    for pid in "${RAY_STEP_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.2
+  done
   for pid in "${RAY_STEP_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${RAY_STEP_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   RAY_STEP_PIDS=()
+  log "Ray stopped"
 }
 
 # requeue_self REASON: put this job back in the queue; its next run continues (train.resume=auto, finished shards).
