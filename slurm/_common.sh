@@ -114,6 +114,10 @@ ray_up() {
   export RAY_AUTH_TOKEN
   export RAY_ADDRESS="$head_ip:$port"
   export CST_RAY_PORT=$port
+  # A temporary folder of this job's own on every node: `ray start --head` writes the cluster's address into
+  # <temp dir>/ray_current_cluster, and in the shared /tmp/ray that would send every later `ray.init()` on the node
+  # (other users' local Ray too) to this job's cluster after it is gone.
+  export CST_RAY_TMP=${CST_RAY_TMP:-/tmp/cst-ray-$SLURM_JOB_ID}
   mkdir -p "$CST_LOG_DIR"
   log "starting Ray on $count node(s): head $head ($RAY_ADDRESS)"
   # Per node, evaluated there: its own IP, the CPUs and GPUs Slurm gave it. The ports Ray would otherwise fix (GCS
@@ -125,7 +129,7 @@ ray_up() {
     gpus=${SLURM_GPUS_ON_NODE:-0}; [[ "$gpus" =~ ^[0-9]+$ ]] || gpus=0
     common=(--node-ip-address="$ip" --num-cpus="${SLURM_CPUS_ON_NODE:-1}" --num-gpus="$gpus"
             --dashboard-agent-listen-port=$((40000 + SLURM_JOB_ID % 2000 * 10 + SLURM_NODEID % 10))
-            --disable-usage-stats --block)
+            --temp-dir="$CST_RAY_TMP" --disable-usage-stats --block)
     if [[ "$1" == head ]]; then
       role=(--head --port="$CST_RAY_PORT" --include-dashboard=false --ray-client-server-port=$((CST_RAY_PORT + 10000)))
     else
@@ -135,6 +139,7 @@ ray_up() {
     trap "stopped=1" TERM
     rc=0
     "$PYTHON" -m ray.scripts.scripts start "${role[@]}" "${common[@]}" || rc=$?
+    [[ "${CST_RAY_KEEP_TMP:-0}" == 1 ]] || rm -rf "$CST_RAY_TMP"  # the Ray logs of this node (CST_RAY_KEEP_TMP=1 keeps them)
     [[ "${stopped:-0}" == 1 ]] && exit 0
     exit "$rc"'
   # Head and workers start together (a worker retries until the head answers); then wait for all of them.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -104,19 +105,35 @@ class SlurmCluster:
         return "\n".join(f"==> {f.name} <==\n{f.read_text(errors='replace')}" for f in files)
 
 
+def harness(action: str) -> subprocess.CompletedProcess:
+    """tests/slurm/harness.sh up|down, as root (through passwordless sudo when this is not root)."""
+    command = [str(HARNESS), action]
+    if os.geteuid() != 0:
+        command = ["sudo", "-n", "--preserve-env=CST_SLURM_ROOT,CST_SLURM_NO_INSTALL", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def can_be_root() -> bool:
+    if os.geteuid() == 0:
+        return True
+    sudo = shutil.which("sudo")
+    return bool(sudo) and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0
+
+
 def squeue() -> str:
     return subprocess.run(["squeue"], capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        unavailable("the harness installs and starts Slurm as root (tests/slurm/harness.sh); this is not root")
+    if not can_be_root():
+        unavailable("the harness installs and starts Slurm as root (tests/slurm/harness.sh); this is not root and "
+                    "has no passwordless sudo")
     # One session at a time drives the cluster (it is one per host): another one waits here.
     lock = open(Path(os.environ.get("TMPDIR", "/tmp")) / "cst-slurm-tests.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        up = subprocess.run([str(HARNESS), "up"], capture_output=True, text=True, timeout=900)
+        up = harness("up")
         if up.returncode != 0:
             unavailable(f"tests/slurm/harness.sh up failed: {' | '.join(up.stderr.strip().splitlines()[-6:])}")
         logs = tmp_path_factory.mktemp("slurm-logs")
@@ -125,5 +142,5 @@ def slurm_cluster(tmp_path_factory):
                "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
         yield SlurmCluster(ROOT, logs, env)
     finally:
-        subprocess.run([str(HARNESS), "down"], capture_output=True, text=True, timeout=300)
+        harness("down")
         lock.close()
