@@ -87,7 +87,7 @@ show_logs() {
   done
 }
 
-# wait_step PID: wait for a background process (srun, a driver), with traps still running while it runs; returns its exit status
+# wait_step PID: wait for a background process (srun, a driver) while traps keep running; returns its exit status
 wait_step() {
   local pid=$1 rc=0
   while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
@@ -139,7 +139,8 @@ ray_up() {
     trap "stopped=1" TERM
     rc=0
     "$PYTHON" -m ray.scripts.scripts start "${role[@]}" "${common[@]}" || rc=$?
-    [[ "${CST_RAY_KEEP_TMP:-0}" == 1 ]] || rm -rf "$CST_RAY_TMP"  # the Ray logs of this node (CST_RAY_KEEP_TMP=1 keeps them)
+    # the Ray logs of this node go with it (CST_RAY_KEEP_TMP=1 keeps them)
+    [[ "${CST_RAY_KEEP_TMP:-0}" == 1 ]] || rm -rf "$CST_RAY_TMP"
     [[ "${stopped:-0}" == 1 ]] && exit 0
     exit "$rc"'
   # Head and workers start together (a worker retries until the head answers); then wait for all of them.
@@ -160,7 +161,8 @@ ray_wait_nodes() {
   for pid in "${RAY_STEP_PIDS[@]}"; do
     kill -0 "$pid" 2>/dev/null || { show_logs "$CST_LOG_DIR/ray-$SLURM_JOB_ID"-*.log; die "a Ray node step exited"; }
   done
-  "$PYTHON" - "$1" "${CST_RAY_WAIT_S:-180}" <<'PY' || { show_logs "$CST_LOG_DIR/ray-$SLURM_JOB_ID"-*.log; die "Ray did not come up"; }
+  "$PYTHON" - "$1" "${CST_RAY_WAIT_S:-180}" <<'PY' \
+    || { show_logs "$CST_LOG_DIR/ray-$SLURM_JOB_ID"-*.log; die "Ray did not come up"; }
 import os, socket, sys, time
 
 want, timeout = int(sys.argv[1]), float(sys.argv[2])
@@ -223,21 +225,30 @@ requeue_self() {
   exit 0
 }
 
+# stop_driver: the USR1 trap of run_ray_stage
+stop_driver() {
+  STOP_SIGNAL=USR1
+  log "USR1: stopping the driver (its finished shards stay), then requeueing"
+  [[ -z "$DRIVER" ]] || kill -TERM "$DRIVER" 2>/dev/null || true
+}
+
 # run_ray_stage STAGE COMMAND...: Ray up on every node of the job, COMMAND as the driver (RAY_ADDRESS set), Ray down
 # on every exit path. USR1 (time limit near, preemption notice) requeues the job: the stage's finished shards are kept
 # and its next run skips them. The exit code is the driver's.
 run_ray_stage() {
-  local stage=$1 rc=0 driver
+  local stage=$1 rc=0
   shift
   trap ray_down EXIT
   trap 'log "SIGTERM: stopping"; exit 143' TERM
-  trap 'STOP_SIGNAL=USR1; log "USR1: stopping the driver, then requeueing"; [[ -n "${driver:-}" ]] && kill -TERM "$driver" 2>/dev/null' USR1
-  STOP_SIGNAL=
+  STOP_SIGNAL= DRIVER=
+  trap stop_driver USR1
   ray_up
-  log "running: $*"
-  "$@" &
-  driver=$!
-  wait_step "$driver" || rc=$?
+  if [[ -z "$STOP_SIGNAL" ]]; then  # (a signal while Ray started: requeue without starting the driver)
+    log "running: $*"
+    "$@" &
+    DRIVER=$!
+    wait_step "$DRIVER" || rc=$?
+  fi
   if [[ -n "$STOP_SIGNAL" ]]; then
     ray_down
     requeue_self "$stage stopped on $STOP_SIGNAL"
