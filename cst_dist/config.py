@@ -205,6 +205,10 @@ class TrainConfig(StrictModel):
     reference_cache: str | None = Field(
         None, description="Precomputed reference log-probs file; default: <run_dir>/reference_logps.safetensors."
     )
+    dist_timeout_s: float = Field(
+        1800.0, gt=0.0, description="Process-group timeout: a collective that waits longer (a dead or hung rank) "
+        "raises instead of hanging; with TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (slurm/train.sbatch) NCCL ranks then exit.",
+    )
 
     @field_validator("resume")
     @classmethod
@@ -390,7 +394,8 @@ def _section(config: RunConfig, section: str | None) -> Any:
         owner = getattr(owner, name) if owner is not None else None
     return owner
 # Train settings that do not change the trajectory: a run resumed with another value is still the same run.
-OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache")
+OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache",
+                          "dist_timeout_s")
 
 
 # Train keys added after run folders existed (the sft objective): left out of the identity at their defaults.

@@ -37,6 +37,16 @@ def check_reachable(address: str, timeout_s: float) -> None:
         ) from None
 
 
+def current_node() -> str:
+    """Where this process runs: its Ray node's id inside a Ray worker (two nodes may share a host), else the host
+    name. Workers record it with each shard, so a run shows which nodes did the work."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
 @contextlib.contextmanager
 def ray_session(timeout_s: float) -> Iterator[str]:
     """Yields where the run executes: an already connected driver, the cluster at RAY_ADDRESS, or a local instance

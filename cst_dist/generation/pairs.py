@@ -39,6 +39,7 @@ class ShardResult:
     generated_tokens: int = 0
     seconds: float = 0.0
     worker: str = ""
+    node: str = ""  # the worker's Ray node id (its host name outside Ray)
 
 
 def make_plan(config: RunConfig, items: list[PromptItem], source: str) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class PairStore:
             "rejects": len(result.rejects), "reject_reasons": dict(Counter(row["reason"] for row in result.rejects)),
             "seed": shard.sampling.seed, "generated_tokens": result.generated_tokens,
             "seconds": round(result.seconds, 3), "attempts": attempts, "worker": result.worker,
+            "node": result.node,
         })
 
     @property

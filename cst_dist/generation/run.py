@@ -18,7 +18,7 @@ from typing import Any
 
 from cst_dist.config import RunConfig
 from cst_dist.farm import FarmError
-from cst_dist.farm.cluster import FarmSettings
+from cst_dist.farm.cluster import FarmSettings, current_node
 from cst_dist.farm.pool import Job, ShardDone, run_shards
 from cst_dist.farm.shards import Shard, plan_shards
 from cst_dist.generation.critique import PromptItem, SelfCritiqueChain
@@ -40,7 +40,7 @@ class GenerationWorker:
 
         from cst_dist.engines import RecordingEngine, build_engine
 
-        self.name = name
+        self.name, self.node = name, current_node()
         self.device = "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
             torch.set_num_threads(num_cpus)  # the actor's share of the cores, not every core of the node
@@ -51,7 +51,7 @@ class GenerationWorker:
                                        over_length=generate.over_length)
 
     def ready(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": os.getpid(), "device": self.device,
+        return {"name": self.name, "node": self.node, "pid": os.getpid(), "device": self.device,
                 "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def run_shard(self, shard: Shard[PromptItem]) -> ShardResult:
@@ -69,7 +69,7 @@ class GenerationWorker:
         return ShardResult(
             rows=chain.rows, rejects=chain.rejects, conversations=conversations,
             engine_calls=after.calls - before.calls, generated_tokens=after.generated_tokens - before.generated_tokens,
-            seconds=after.seconds - before.seconds, worker=self.name,
+            seconds=after.seconds - before.seconds, worker=self.name, node=self.node,
         )
 
 

@@ -28,8 +28,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def setup_distributed() -> DistEnv:
-    """Join the process group torchrun / the deepspeed launcher / srun set up, or make a one-process group."""
+def setup_distributed(timeout_s: float | None = None) -> DistEnv:
+    """Join the process group torchrun / the deepspeed launcher / srun set up, or make a one-process group.
+
+    `timeout_s` bounds every collective (train.dist_timeout_s): a rank that died or hangs makes the others raise
+    after that long instead of waiting forever. None keeps DeepSpeed's default (30 minutes)."""
+    import datetime
+
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `cst train`: a single process is a world of one
@@ -49,7 +54,8 @@ def setup_distributed() -> DistEnv:
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        deepspeed.init_distributed(dist_backend=backend, **timeout)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

@@ -79,8 +79,10 @@ class TrainResult:
 
 def train(config: RunConfig) -> TrainResult:
     """Train the policy. All ranks run this; rank 0 logs and writes files."""
-    env = setup_distributed()
     train_cfg = config.train
+    env = setup_distributed(train_cfg.dist_timeout_s)
+    # From here on a stop signal is never lost: one that arrives while the model loads stops after the first step.
+    stop = StopFlag()
     objective = OBJECTIVES[train_cfg.objective]
     check_writable_dir(config.run_dir, "run_dir")
     # Which run this is, and whether the folder may take it: decided before any model or data loads.
@@ -110,7 +112,6 @@ def train(config: RunConfig) -> TrainResult:
         checkpoint.record_run(config.run_dir, identity, config)
     config_yaml = dump_config(config)
     writer = MetricsWriter(config.run_dir, env.is_rank_zero, resume_step=step)
-    stop = StopFlag()
     metrics: dict[str, float] = {}
     stopped = False
     progress = _progress_bar(env, total_steps, step)
