@@ -85,7 +85,7 @@ def farm_variants(args, config, items, work: Path) -> list[dict]:
 
     from cst_dist.evaluation.safety import generate_answers
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     results = []
     try:
         for replicas in (1, 2):

@@ -137,7 +137,7 @@ def farm_variants(args, config, work: Path) -> list[dict]:
     from cst_dist.config import RunConfig
     from cst_dist.generation.run import run_farm
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     results = []
     try:
         for name, replicas, threads in [("1 actor x 1 thread", 1, 1), (f"1 actor x {args.cpus} threads", 1, args.cpus),

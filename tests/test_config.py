@@ -33,7 +33,7 @@ def test_overrides_are_typed_and_nested():
         ("train.beta=fast", "train.beta: Input should be a valid number"),
         ("train.beta=-1", "train.beta: Input should be greater than 0"),
         ("build.mode=ppo", "build.mode: Input should be 'cst' or 'dpo'"),
-        ("data.max_prompt_length=600", "data.max_prompt_length (600) must be < data.max_length (512)"),
+        ("data.max_prompt_length=600", "data.max_prompt_length (600) must be < data.max_length (128)"),
         ("train.loss_type=ipo", None),
         ("beta", "not of the form key=value"),
     ],
