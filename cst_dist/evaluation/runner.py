@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cst_dist.config import RunConfig
-from cst_dist.evaluation.benchmarks.run import BenchmarkSuite, benchmark_entries, load_suite, score_items
+from cst_dist.evaluation.benchmarks.run import benchmark_entries, load_suite, score_items
 from cst_dist.evaluation.judges import build_judge, judge_info
 from cst_dist.evaluation.preference import preference_accuracy, preference_rows
 from cst_dist.evaluation.report import make_report, render_table, write_report
@@ -54,7 +54,7 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
     targets = resolve_targets(config)
     suite = load_suite(eval_cfg.benchmarks)  # every benchmark file read, every prompt built: before any model loads
     judge = build_judge(eval_cfg.judge, workdir=folder, train_data=judge_training_data(config))
-    items = safety_items(eval_cfg)
+    items, benchmark_items = safety_items(eval_cfg), suite.items()
     safety, benchmarks, generation = [], [], {}
     for target in targets:
         model_config = config.model.model_copy(update={"path": str(target.model_path), "tiny": None})
@@ -64,20 +64,12 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
         labelled = [{**row, **verdict} for row, verdict in zip(run.rows, judge.judge(run.rows), strict=True)]
         write_jsonl_atomic(folder / target.key / "judged.jsonl", labelled)
         safety += score_safety(labelled, target.name, judge.name, target.step)
-        benchmarks += target_benchmarks(config, suite, target, model_config, folder, on_shard_done)
+        if benchmark_items:  # scored on the farm like the answers; none when no task is configured
+            scored = score_items(model_config, benchmark_items, eval_cfg.benchmarks, FarmSettings.of("eval", eval_cfg),
+                                 folder / target.key / "benchmarks", on_shard_done)
+            benchmarks += benchmark_entries(suite, scored.rows, target.name, target.step)
     report = make_report(safety, preference_view(config, targets), judge_info(judge), benchmarks, suite.skipped)
     return _finish(folder, report, generation)
-
-
-def target_benchmarks(config: RunConfig, suite: BenchmarkSuite, target: EvalTarget, model_config, folder: Path,
-                      on_shard_done: Callable[[ShardDone], None] | None = None) -> list[dict[str, Any]]:
-    """The general benchmarks of one target, scored on the farm (nothing when no task is configured)."""
-    items = suite.items()
-    if not items:
-        return []
-    run = score_items(model_config, items, config.eval.benchmarks, FarmSettings.of("eval", config.eval),
-                      folder / target.key / "benchmarks", on_shard_done)
-    return benchmark_entries(suite, run.rows, target.name, target.step)
 
 
 def judge_training_data(config: RunConfig) -> Path | None:

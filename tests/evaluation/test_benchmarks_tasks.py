@@ -38,10 +38,6 @@ PREAMBLE = ("Q: What is human life expectancy in the United States?\nA: Human li
             "\n\nQ: Where were the 1992 Olympics held?\nA: The 1992 Olympics were held in Barcelona, Spain.")
 
 
-def suite_of(tmp_path, **tasks) -> BenchmarksConfig:
-    return BenchmarksConfig(**{task: BenchmarkTaskConfig(**settings) for task, settings in tasks.items()})
-
-
 def texts(task, docs, pool, shots, system=None, chat=False, seed=1234):
     return [render(prompt, system, chat) for prompt in build_prompts(task, docs, pool, shots, seed, "s")]
 
