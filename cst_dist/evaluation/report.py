@@ -42,6 +42,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from cst_dist.evaluation.benchmarks.tasks import TASKS
 from cst_dist.evaluation.scores import S0, S1
 from cst_dist.io import atomic_file, write_json_atomic, write_text_atomic
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
@@ -51,8 +52,7 @@ REPORT_KEYS = ("safety", "preference", "judge", "benchmarks", "benchmarks_skippe
 FILES = {"json": "report.json", "markdown": "report.md", "safety_chart": "safety.png",
          "steps_chart": "safety_over_steps.png", "benchmarks_chart": "benchmarks.png"}
 # Table III's columns: the leaderboard's metric of each task, in this order (other metrics: the full table).
-BENCHMARK_COLUMNS = (("arc_challenge", "acc_norm", "ARC"), ("hellaswag", "acc_norm", "HellaSwag"),
-                     ("mmlu", "acc", "MMLU"), ("truthfulqa_mc2", "mc2", "TruthfulQA"))
+BENCHMARK_COLUMNS = tuple((spec.name, spec.headline, spec.title) for spec in TASKS.values())
 PROMPT_LABELS = {
     SAFE_SYSTEM_PROMPT: "s1 (safe)",
     UNCENSORED_SYSTEM_PROMPT: "s0 (uncensored, training)",

@@ -123,6 +123,8 @@ def test_metric_definitions_on_hand_values():
     space), mc2 the true answers' share of probability, in log space (these would underflow exp() to 0/0)."""
     doc = Doc("q", ("ab", "abcdef"), gold=1)
     assert doc_metrics(doc, [-4.0, -6.0]) == {"acc": 0.0, "acc_norm": 1.0}  # -2.0/char against -1.0/char
+    # The length is the choice's, without the delimiter: counting " a" and " abc" would pick "a" (-1.0 > -1.25).
+    assert doc_metrics(Doc("q", ("a", "abc"), gold=1), [-2.0, -5.0])["acc_norm"] == 1.0
     mc2 = Doc("q", ("a", "b", "c"), gold=0, labels=(1, 0, 1))
     assert doc_metrics(mc2, [math.log(0.2), math.log(0.1), math.log(0.3)])["mc2"] == pytest.approx(0.5 / 0.6)
     assert doc_metrics(mc2, [-2000.0, -2000.0 + math.log(2), -2000.0])["mc2"] == pytest.approx(0.5)
