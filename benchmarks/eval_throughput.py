@@ -6,7 +6,7 @@ Benchmark scoring: multiple-choice log-likelihoods (ARC, HellaSwag, MMLU and Tru
 of realistic shape) one request at a time against length-sorted batches, with and without each shared context
 computed once, and on 1 against 2 Ray actors.
 
-    .venv/bin/python benchmarks/eval_throughput.py                        # both, about 4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/eval_throughput.py                        # both, about 7 minutes on 2 CPU cores
     .venv/bin/python benchmarks/eval_throughput.py --sections scoring --quick
     .venv/bin/python benchmarks/eval_throughput.py --report benchmarks/results/eval_throughput.json
 
