@@ -55,6 +55,11 @@ class ChatEncoder:
         text = self.tokenizer.apply_chat_template(
             conversation, add_generation_prompt=add_generation_prompt, tokenize=False
         )
+        return self.encode_text(text)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a whole model input given as text (a rendered chat, or a plain few-shot prompt): the text's
+        ids with BOS prepended once, by the rule above (what the tokenizer's own default gives plain text)."""
         ids = self.ids(text)
         if self.implicit_bos is not None and ids[:1] != [self.implicit_bos]:
             ids = [self.implicit_bos] + ids

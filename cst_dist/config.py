@@ -261,8 +261,62 @@ class JudgeConfig(StrictModel):
     cache: str | None = Field(None, description="Verdict cache (JSONL); default <eval output>/judge/cache.jsonl.")
 
 
+class BenchmarkTaskConfig(StrictModel):
+    """One general benchmark of `cst eval` (`eval.benchmarks.<task>`): local files in the task's public layout."""
+
+    path: str | None = Field(
+        None, description="The evaluated split (JSONL/JSON/Parquet, the public column layout); unset: task skipped."
+    )
+    fewshot_path: str | None = Field(
+        None, description="Where the few-shot examples come from: ARC/HellaSwag the train split, MMLU the dev split "
+        "(needed when num_fewshot > 0; the same file as `path` leaves each question out of its own shots)."
+    )
+    limit: int | None = Field(None, gt=0, description="Score only the first N documents (smoke runs, tests).")
+    num_fewshot: int | None = Field(
+        None, ge=0, description="Default: the Open LLM Leaderboard's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0)."
+    )
+
+
+# The Open LLM Leaderboard's shots per task (the paper's Table III settings): eval.benchmarks.<task>.num_fewshot.
+LEADERBOARD_FEWSHOT = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+
+
+class BenchmarksConfig(StrictModel):
+    """`eval.benchmarks`: ARC / HellaSwag / MMLU / TruthfulQA by log-likelihood, as lm-evaluation-harness scores
+    them (docs/benchmarks.md). A task without a `path` is skipped and listed as skipped in the report."""
+
+    arc_challenge: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig)
+    hellaswag: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig)
+    mmlu: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig)
+    truthfulqa_mc2: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig)
+    system_prompts: list[str | None] = Field(
+        default_factory=lambda: [None], description="One measurement per entry: null = no system prompt (the "
+        "leaderboard's); a text = scored under that system prompt (a different measurement, labelled in the report)."
+    )
+    chat_template: bool = Field(
+        False, description="Render each prompt with the model's chat template (system prompt as the system turn), as "
+        "lm_eval --apply_chat_template; default: plain text, as the leaderboard."
+    )
+    batch_size: int = Field(16, gt=0, description="Continuations scored per forward pass (a document is never split).")
+    shard_size: int = Field(64, gt=0, description="Documents per shard (the unit of work, retry and resume).")
+    max_length: int | None = Field(
+        None, gt=0, description="Tokens per request, context cut from the left; default: the model's context size."
+    )
+    fewshot_seed: int = Field(1234, description="lm-evaluation-harness's default seed of the random few-shot sampler.")
+
+    @model_validator(mode="after")
+    def _leaderboard_shots(self) -> BenchmarksConfig:
+        # Filled in here, not by a default of the task's section: `arc_challenge: {path: x}` keeps its 25 shots.
+        for task, shots in LEADERBOARD_FEWSHOT.items():
+            task_config = getattr(self, task)
+            if task_config.num_fewshot is None:
+                object.__setattr__(task_config, "num_fewshot", shots)
+        return self
+
+
 class EvalConfig(StrictModel):
-    """`cst eval`: S0/S1 safety (the paper's Table I) with a pluggable judge, and preference accuracy."""
+    """`cst eval`: S0/S1 safety (the paper's Table I) with a pluggable judge, preference accuracy, and general
+    benchmarks (the paper's Table III)."""
 
     models: dict[str, str] = Field(
         default_factory=dict, description="name -> exported HF folder | run folder (latest complete checkpoint) | "
@@ -298,6 +352,7 @@ class EvalConfig(StrictModel):
     reference: str | None = Field(
         None, description="Reference model folder for preference accuracy; default: the run's model.path."
     )
+    benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig)
     output: str | None = Field(None, description="Default: <run_dir>/eval.")
 
 
@@ -384,6 +439,8 @@ PATH_KEYS = (
     ("train", "reference_cache"), ("eval", "generations"), ("eval", "preference_data"), ("eval", "reference"),
     ("eval", "output"), ("eval.judge", "train_data"), ("eval.judge", "classifier_path"), ("eval.judge", "cache"),
     ("model.tiny", "tokenizer_corpus"),
+    *((f"eval.benchmarks.{task}", key) for task in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")
+      for key in ("path", "fewshot_path")),
 )
 
 

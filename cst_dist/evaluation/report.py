@@ -1,4 +1,4 @@
-"""The evaluation report: `report.json` (stable schema), `report.md` (Table I style) and PNG charts.
+"""The evaluation report: `report.json` (stable schema), `report.md` (Tables I and III style) and PNG charts.
 
 report.json, schema_version 1 (keys are only ever added; a change of meaning bumps the version):
     {
@@ -14,15 +14,25 @@ report.json, schema_version 1 (keys are only ever added; a change of meaning bum
          "condition": "S1" | "S0" | null, "task": str}      # condition and task: optional, added by preference.py
       ],
       "judge": {...},                  # free-form description of the judge(s): kind, paths, agreement, ...
-      "benchmarks": []                 # general benchmarks (filled by `cst eval` once they exist)
+      "benchmarks": [                  # general benchmarks by log-likelihood; see evaluation.benchmarks
+        {"model": str, "task": str, "metric": str, "value": float, "n": int, "num_fewshot": int,
+         "step": int | null, "stderr": float | null,       # the harness's standard error of the mean
+         "system_prompt": str | null, "chat_template": bool}  # how it was measured (null, false: the leaderboard's)
+      ],
+      "benchmarks_skipped": [          # configured-out tasks (added in place: older reports read as [])
+        {"task": str, "reason": str}
+      ]
     }
 report.md: per judge, the main table (models as rows at their latest step; S0 under the unseen uncensored prompt, or
 the training s0 marked with a dagger when only that was run; S1 under s1), every (model, step, system prompt) row,
-preference accuracy, and a per-step table when a model was scored at several steps.
+preference accuracy, a per-step table when a model was scored at several steps, and the general benchmarks (Table
+III: measurements as rows, tasks' leaderboard metrics as columns; every metric with its standard error; skipped
+tasks).
 Charts (matplotlib, Agg, no pyplot state): safety.png (bars per model and system prompt, Wilson whiskers) and, when a
 model has several steps, safety_over_steps.png (S0 and S1 over training steps); preference.png (held-out preference
-accuracy per model and system prompt, harmless pairs only) when preference accuracy was measured. A chart the report
-no longer has reason to draw is removed, so the folder never shows a stale one next to a fresh report.
+accuracy per model and system prompt, harmless pairs only) when preference accuracy was measured; benchmarks.png (per
+task, grouped bars of each model's latest step, standard-error whiskers). A chart the report no longer has reason to
+draw is removed, so the folder never shows a stale one next to a fresh report.
 """
 
 from __future__ import annotations
@@ -33,14 +43,18 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from cst_dist.evaluation.benchmarks.tasks import TASKS
 from cst_dist.evaluation.scores import S0, S1, wilson_interval
 from cst_dist.io import atomic_file, write_json_atomic, write_text_atomic
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
 SCHEMA_VERSION = 1
-REPORT_KEYS = ("safety", "preference", "judge", "benchmarks")
+REPORT_KEYS = ("safety", "preference", "judge", "benchmarks", "benchmarks_skipped")
 FILES = {"json": "report.json", "markdown": "report.md", "safety_chart": "safety.png",
-         "steps_chart": "safety_over_steps.png", "preference_chart": "preference.png"}
+         "steps_chart": "safety_over_steps.png", "preference_chart": "preference.png",
+         "benchmarks_chart": "benchmarks.png"}
+# Table III's columns: the leaderboard's metric of each task, in this order (other metrics: the full table).
+BENCHMARK_COLUMNS = tuple((spec.name, spec.headline, spec.title) for spec in TASKS.values())
 PROMPT_LABELS = {
     SAFE_SYSTEM_PROMPT: "s1 (safe)",
     UNCENSORED_SYSTEM_PROMPT: "s0 (uncensored, training)",
@@ -53,10 +67,12 @@ Entry = dict[str, Any]
 
 
 def make_report(safety: list[Entry], preference: list[Entry] | None = None, judge: dict[str, Any] | None = None,
-                benchmarks: list[Entry] | None = None) -> dict[str, Any]:
+                benchmarks: list[Entry] | None = None, benchmarks_skipped: list[Entry] | None = None
+                ) -> dict[str, Any]:
     """A report dict in the schema above (lists copied, so the caller's lists are not shared)."""
     return {"schema_version": SCHEMA_VERSION, "safety": list(safety), "preference": list(preference or []),
-            "judge": dict(judge or {}), "benchmarks": list(benchmarks or [])}
+            "judge": dict(judge or {}), "benchmarks": list(benchmarks or []),
+            "benchmarks_skipped": list(benchmarks_skipped or [])}
 
 
 def complete_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +81,7 @@ def complete_report(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_report(report: dict[str, Any]) -> None:
-    """Raise ValueError unless `report` has this module's schema version and its four sections."""
+    """Raise ValueError unless `report` has this module's schema version and all its sections."""
     if report.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"report schema_version must be {SCHEMA_VERSION}, got {report.get('schema_version')!r}")
     for key in REPORT_KEYS:
@@ -159,7 +175,16 @@ def _main_table(entries: list[Entry]) -> tuple[str, bool]:
 
 
 def render_table(report: dict[str, Any]) -> str:
-    """The main Table I-style table(s), one per judge, as markdown (what `cst eval` prints)."""
+    """The main Table I-style table(s), one per judge, and Table III when there are benchmarks, as markdown (what
+    `cst eval` prints)."""
+    text = safety_tables(report)
+    if report.get("benchmarks"):
+        text += "\n\nGeneral benchmarks (lm-evaluation-harness conventions)\n\n" + benchmark_table(report["benchmarks"])
+    return text
+
+
+def safety_tables(report: dict[str, Any]) -> str:
+    """The main Table I-style table(s), one per judge."""
     blocks = []
     for judge, entries in _by_judge(report["safety"]).items():
         table, dagger = _main_table(entries)
@@ -198,12 +223,75 @@ def _steps_table(entries: list[Entry]) -> str:
     return _table(["model", "step", "S0 (uncensored share)", "S1 (safe share)"], rows)
 
 
+def measurement_label(entry: Entry) -> str:
+    """How a benchmark entry was measured: the leaderboard's way (plain text, no system prompt) or another."""
+    if entry.get("system_prompt") is None and not entry.get("chat_template"):
+        return "plain"
+    system = "no system prompt" if entry.get("system_prompt") is None else prompt_label(entry["system_prompt"], 32)
+    return system + (", chat template" if entry.get("chat_template") else ", plain text")
+
+
+def _measurements(entries: list[Entry]) -> list[tuple[str, int | None, str]]:
+    """(model, step, measurement) in first-seen order: the rows of Table III."""
+    return list(dict.fromkeys((e["model"], e.get("step"), measurement_label(e)) for e in entries))
+
+
+def _benchmark_columns(entries: list[Entry]) -> list[tuple[str, str, str]]:
+    """Table III's (task, metric, header) for the tasks present, e.g. ("arc_challenge", "acc_norm", "ARC ...")."""
+    present = {(e["task"], e["metric"]): e["num_fewshot"] for e in entries}
+    return [(task, metric, f"{title} ({metric}, {present[task, metric]}-shot)")
+            for task, metric, title in BENCHMARK_COLUMNS if (task, metric) in present]
+
+
+def benchmark_table(entries: list[Entry]) -> str:
+    """Table III: one row per model (and step, and measurement), the leaderboard metric of each task as columns."""
+    columns = _benchmark_columns(entries)
+    show_step = any(e.get("step") is not None for e in entries)
+    show_measurement = any(measurement_label(e) != "plain" for e in entries)
+    index = {(e["model"], e.get("step"), measurement_label(e), e["task"], e["metric"]): e for e in entries}
+    rows = []
+    for model, step, measurement in _measurements(entries):
+        cells = []
+        for task, metric, _ in columns:
+            entry = index.get((model, step, measurement, task, metric))
+            cells.append("-" if entry is None else f"{entry['value']:.4f}")
+        rows.append([model] + (["-" if step is None else step] if show_step else [])
+                    + ([measurement] if show_measurement else []) + cells)
+    header = (["model"] + (["step"] if show_step else []) + (["measurement"] if show_measurement else [])
+              + [title for _, _, title in columns])
+    return _table(header, rows)
+
+
+def _benchmark_details(entries: list[Entry]) -> str:
+    rows = [[e["model"], "-" if e.get("step") is None else e["step"], measurement_label(e), e["task"], e["metric"],
+             f"{e['value']:.4f}", "-" if e.get("stderr") is None else f"{e['stderr']:.4f}", e["n"], e["num_fewshot"]]
+            for e in entries]
+    return _table(["model", "step", "measurement", "task", "metric", "value", "stderr", "n", "shots"], rows)
+
+
+def _benchmarks_section(report: dict[str, Any]) -> list[str]:
+    entries, skipped = report["benchmarks"], report.get("benchmarks_skipped") or []
+    if not entries and not skipped:
+        return []
+    parts = ["", "## General benchmarks (Table III)", "",
+             "Log-likelihood multiple choice as lm-evaluation-harness scores it (its prompts, shots and metrics; "
+             "acc_norm: log-likelihood per character of the choice; mc2: probability mass of the true answers). "
+             "`plain` is the leaderboard's measurement (plain text, no system prompt); any other measurement is "
+             "not comparable with it."]
+    if entries:
+        parts += ["", benchmark_table(entries), "", "Every metric (stderr: standard error of the mean):", "",
+                  _benchmark_details(entries)]
+    if skipped:
+        parts += ["", "Skipped: " + "; ".join(f"{s['task']} ({s['reason']})" for s in skipped) + "."]
+    return parts
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole report.md."""
     parts = ["# CST evaluation report", "",
              "S1: share of safe answers under the safe prompt s1. S0: share of uncensored answers under the unseen "
              "uncensored prompt (both wanted). Unparsed verdicts are left out of the score and counted apart.", "",
-             "## Safety (Table I)", "", render_table(report)]
+             "## Safety (Table I)", "", safety_tables(report)]
     if report["safety"]:
         parts += ["", "## Safety per system prompt", "", _all_rows_table(report["safety"])]
     if _several_steps(report["safety"]):
@@ -215,6 +303,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["", "## Preference accuracy", "",
                   "Share of held-out pairs whose implicit DPO reward ranks chosen above rejected "
                   "(policy vs reference log-probs; ties count as wrong).", "", _preference_table(report["preference"])]
+    parts += _benchmarks_section(report)
     if report["judge"]:
         parts += ["", "## Judge", "", "```json", _json_block(report["judge"]), "```"]
     return "\n".join(parts) + "\n"
@@ -313,6 +402,43 @@ def _lines(axis, entries: list[Entry], judge: Any) -> None:
     axis.grid(alpha=0.3)
 
 
+def _latest_rows(entries: list[Entry]) -> list[tuple[str, int | None, str]]:
+    """Table III's rows at each model's latest step (the chart's bars)."""
+    rows = _measurements(entries)
+    latest = {model: max((step for m, step, _ in rows if m == model), key=_step_key) for model, _, _ in rows}
+    return [(model, step, label) for model, step, label in rows if step == latest[model]]
+
+
+def _benchmark_bars(axis, entries: list[Entry], _: Any) -> None:
+    """One group per task (its leaderboard metric), one bar per model (latest step) and measurement, stderr."""
+    columns, rows = _benchmark_columns(entries), _latest_rows(entries)
+    index = {(e["model"], e.get("step"), measurement_label(e), e["task"], e["metric"]): e for e in entries}
+    palette = ["#264653", "#2a9d8f", "#e9c46a", "#f4a261", "#e76f51", "#8338ec", "#3a86ff", "#6c757d"]
+    span = min(0.8, 0.2 * len(rows))
+    width = span / len(rows)
+    labelled = set()
+    for i, (model, step, label) in enumerate(rows):
+        name = model + ("" if step is None else f" @{step}") + ("" if label == "plain" else f" [{label}]")
+        for x, (task, metric, _) in enumerate(columns):
+            entry = index.get((model, step, label, task, metric))
+            if entry is None:
+                continue
+            position = x - span / 2 + width * (i + 0.5)
+            error = [[entry["stderr"]], [entry["stderr"]]] if entry.get("stderr") is not None else None
+            axis.bar(position, entry["value"], width * 0.9, color=palette[i % len(palette)], yerr=error, capsize=3,
+                     ecolor="#222222", label=None if name in labelled else name)
+            labelled.add(name)
+            axis.text(position, entry["value"] + (entry.get("stderr") or 0) + 0.02, f"{entry['value']:.2f}",
+                      ha="center", va="bottom", fontsize=7)
+    axis.set_xticks(range(len(columns)), [_wrap(title, 22) for _, _, title in columns], fontsize=8)
+    axis.set_xlim(-0.6, len(columns) - 0.4)
+    axis.set_ylim(0, 1.15)
+    axis.set_ylabel("score (leaderboard metric)", fontsize=8)
+    axis.set_title("General benchmarks (standard errors as whiskers)", fontsize=10)
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    axis.grid(axis="y", alpha=0.3)
+
+
 def _save_figure(path: Path, draw, groups: dict[Any, list[Entry]], width: float) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -333,8 +459,8 @@ def _drop_stale(path: Path) -> None:
 
 def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Path]:
     """Write report.json, report.md and the charts into `folder` (each file atomically); returns {kind: path} of the
-    files written (kinds: json, markdown, safety_chart, steps_chart, preference_chart). Missing sections and the
-    schema version are filled in (`complete_report`); a report of another schema version is refused."""
+    files written (kinds: json, markdown, safety_chart, steps_chart, preference_chart, benchmarks_chart). Missing
+    sections and the schema version are filled in (`complete_report`); a report of another schema version is refused."""
     report = complete_report(report)
     check_report(report)
     folder = Path(folder)
@@ -355,4 +481,13 @@ def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Path]:
         most = max(len(_models(entries)) for entries in groups.values())
         _save_figure(path, draw, groups, width=7.5 if draw is _lines else max(6.5, 1.9 * most + 2.5))
         written[kind] = path
+    path = folder / FILES["benchmarks_chart"]
+    charted = [e for e in report["benchmarks"] if (e["task"], e["metric"]) in
+               {(task, metric) for task, metric, _ in BENCHMARK_COLUMNS}]
+    if charted:
+        _save_figure(path, _benchmark_bars, {None: charted}, width=max(6.5, 1.6 * len(_benchmark_columns(charted))
+                                                                        + 0.4 * len(_latest_rows(charted))))
+        written["benchmarks_chart"] = path
+    else:
+        _drop_stale(path)
     return written

@@ -1,10 +1,13 @@
-"""`cst eval`: models -> answers (farm) -> verdicts (judge) -> S0/S1 scores, preference accuracy -> report.
+"""`cst eval`: models -> answers (farm) -> verdicts (judge) -> S0/S1 scores, preference accuracy, general
+benchmarks -> report.
 
     <eval>/<model>[@step]/generations/   answers, per shard (resumable)
     <eval>/<model>[@step]/judged.jsonl   the answers with `safe` (true | false | null) and `judge_raw`
+    <eval>/<model>[@step]/benchmarks/    benchmark log-likelihoods per question, per shard (resumable)
     <eval>/judge/                 the classifier judge's saved model, the http judge's verdict cache
     <eval>/report.json|md, *.png  the report (schema: cst_dist.evaluation.report)
-Every check that needs no model runs first: a bad `eval.models` entry or judge setting fails before any load.
+Every check that needs no model runs first: a bad `eval.models` entry, judge setting or benchmark file fails before
+any load.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from cst_dist.config import RunConfig
+from cst_dist.evaluation.benchmarks.run import benchmark_entries, load_suite, score_items
 from cst_dist.evaluation.judges import build_judge, judge_info
 from cst_dist.evaluation.preference import preference_accuracy, preference_rows
 from cst_dist.evaluation.report import make_report, render_table, write_report
 from cst_dist.evaluation.safety import generate_answers, safety_items
 from cst_dist.evaluation.scores import load_labelled, score_labelled, score_safety
 from cst_dist.evaluation.targets import EvalTarget, resolve_targets
+from cst_dist.farm.cluster import FarmSettings
 from cst_dist.farm.pool import ShardDone
 from cst_dist.io import check_writable_dir, write_jsonl_atomic
 
@@ -47,9 +52,10 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
                              judge={"kind": "labels", "source": str(eval_cfg.generations)})
         return _finish(folder, report, {})
     targets = resolve_targets(config)
+    suite = load_suite(eval_cfg.benchmarks)  # every benchmark file read, every prompt built: before any model loads
     judge = build_judge(eval_cfg.judge, workdir=folder, train_data=judge_training_data(config))
-    items = safety_items(eval_cfg)
-    safety, generation = [], {}
+    items, benchmark_items = safety_items(eval_cfg), suite.items()
+    safety, benchmarks, generation = [], [], {}
     for target in targets:
         model_config = config.model.model_copy(update={"path": str(target.model_path), "tiny": None})
         run = generate_answers(model_config, items, eval_cfg, folder / target.key / "generations", on_shard_done)
@@ -58,7 +64,11 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
         labelled = [{**row, **verdict} for row, verdict in zip(run.rows, judge.judge(run.rows), strict=True)]
         write_jsonl_atomic(folder / target.key / "judged.jsonl", labelled)
         safety += score_safety(labelled, target.name, judge.name, target.step)
-    report = make_report(safety, preference_view(config, targets), judge_info(judge))
+        if benchmark_items:  # scored on the farm like the answers; none when no task is configured
+            scored = score_items(model_config, benchmark_items, eval_cfg.benchmarks, FarmSettings.of("eval", eval_cfg),
+                                 folder / target.key / "benchmarks", on_shard_done)
+            benchmarks += benchmark_entries(suite, scored.rows, target.name, target.step)
+    report = make_report(safety, preference_view(config, targets), judge_info(judge), benchmarks, suite.skipped)
     return _finish(folder, report, generation)
 
 

@@ -76,10 +76,11 @@ def test_report_json_round_trips(tmp_path):
     loaded = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert loaded == report
     assert loaded["schema_version"] == SCHEMA_VERSION and loaded["benchmarks"] == []
-    assert set(loaded) == {"schema_version", "safety", "preference", "judge", "benchmarks"}
+    assert set(loaded) == {"schema_version", "safety", "preference", "judge", "benchmarks", "benchmarks_skipped"}
     check_report(loaded)
-    # Atomic writes leave no temporary files behind.
-    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == sorted(FILES.values())
+    # Atomic writes leave no temporary files behind (and no benchmark chart without benchmarks).
+    charts = {kind: name for kind, name in FILES.items() if kind != "benchmarks_chart"}
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == sorted(charts.values())
 
 
 def test_a_partial_report_is_completed_on_write(tmp_path):
@@ -87,7 +88,7 @@ def test_a_partial_report_is_completed_on_write(tmp_path):
     paths = write_report(tmp_path, {"safety": safety, "judge": {"kind": "labels"}})
     loaded = json.loads(paths["json"].read_text())
     assert loaded == {"schema_version": 1, "safety": safety, "preference": [], "judge": {"kind": "labels"},
-                      "benchmarks": []}
+                      "benchmarks": [], "benchmarks_skipped": []}
     with pytest.raises(ValueError, match="schema_version"):
         write_report(tmp_path, {"schema_version": 2, "safety": safety})
 

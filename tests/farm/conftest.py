@@ -36,7 +36,8 @@ def ray_cluster():
         yield ray.get_runtime_context().gcs_address
         return
     saved = os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
