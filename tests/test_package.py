@@ -79,4 +79,4 @@ def test_wheel_installs_and_runs_the_tiny_preset_outside_the_repo(tmp_path, rele
     run([cst, "train", "tiny-cpu", f"run_dir={run_dir}", "train.max_steps=2", "train.save_steps=2",
          "train.reference=precomputed", *small], cwd=work, timeout=600)
     assert (run_dir / "checkpoints" / "step-00000002" / "complete.json").is_file()
-    assert (work / "runs" / "models" / "tiny-llama-8k").is_dir()  # the preset's relative model.path: the cwd, not the repo
+    assert (work / "runs" / "models" / "tiny-llama-8k").is_dir()  # preset model.path: relative to the cwd
