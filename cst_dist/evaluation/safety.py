@@ -12,8 +12,6 @@ every prompt is answered exactly once. `AnswerWorker` is a plain class; the farm
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +20,11 @@ from typing import Any
 
 from cst_dist.config import EvalConfig, ModelConfig
 from cst_dist.data.advbench import load_advbench, split_advbench
-from cst_dist.farm.cluster import FarmSettings
+from cst_dist.farm.cluster import FarmSettings, actor_device
 from cst_dist.farm.pool import Job, ShardDone, run_shards
 from cst_dist.farm.shards import Shard, plan_shards
-from cst_dist.farm.store import ShardStore
-from cst_dist.io import file_fingerprint, read_rows
+from cst_dist.farm.store import ShardStore, model_items_plan
+from cst_dist.io import read_rows
 
 GENERATION_COUNTS = ("prompts", "tokens", "engine_calls")
 
@@ -55,14 +53,10 @@ class AnswerWorker:
 
     def __init__(self, model_config: ModelConfig, engine: str, batch_size: int, num_gpus: int = 0,
                  num_cpus: int = 1, name: str = "worker"):
-        import torch
-
         from cst_dist.engines import build_engine
 
         self.name = name
-        self.device = "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            torch.set_num_threads(num_cpus)  # the actor's share of the cores
+        self.device = actor_device(num_gpus, num_cpus)
         self.engine = build_engine(engine, model_config, batch_size, self.device, num_gpus)
 
     def ready(self) -> dict[str, Any]:
@@ -93,14 +87,9 @@ class GenerationRun:
 
 def generation_plan(model_path: Path, items: list[SafetyItem], eval_cfg: EvalConfig) -> dict[str, Any]:
     """Everything that decides the answers; another plan in the same folder is refused, not mixed in."""
-    weights = sorted(model_path.glob("*.safetensors")) or sorted(model_path.glob("*.bin"))
-    listing = json.dumps([dataclasses.astuple(item) for item in items], ensure_ascii=False)
-    return {
-        "model": str(model_path), "weights": [file_fingerprint(path) for path in weights],
-        "engine": eval_cfg.engine, "items_sha256": hashlib.sha256(listing.encode()).hexdigest(),
-        "num_items": len(items), "sampling": eval_cfg.sampling.model_dump(), "batch_size": eval_cfg.batch_size,
-        "shard_size": eval_cfg.shard_size,
-    }
+    return {**model_items_plan(model_path, items), "engine": eval_cfg.engine,
+            "sampling": eval_cfg.sampling.model_dump(), "batch_size": eval_cfg.batch_size,
+            "shard_size": eval_cfg.shard_size}
 
 
 def generate_answers(model_config: ModelConfig, items: list[SafetyItem], eval_cfg: EvalConfig, folder: Path,

@@ -37,6 +37,17 @@ def check_reachable(address: str, timeout_s: float) -> None:
         ) from None
 
 
+def actor_device(num_gpus: int, num_cpus: int) -> str:
+    """The device a replica runs on: "cuda" when it was given GPUs and sees one, else "cpu", limited to its share of
+    the cores (`num_cpus` threads, not every core of the node)."""
+    import torch
+
+    if num_gpus and torch.cuda.is_available():
+        return "cuda"
+    torch.set_num_threads(num_cpus)
+    return "cpu"
+
+
 def current_node() -> str:
     """Where this process runs: its Ray node's id inside a Ray worker (two nodes may share a host), else the host
     name. Workers record it with each shard, so a run shows which nodes did the work."""

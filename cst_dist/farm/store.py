@@ -11,6 +11,8 @@ decides the output; a rerun with another plan in the same folder is refused inst
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -19,10 +21,19 @@ from typing import Any
 
 from cst_dist.farm import FarmError
 from cst_dist.farm.shards import Shard
-from cst_dist.io import write_json_atomic, write_jsonl_atomic
+from cst_dist.io import file_fingerprint, write_json_atomic, write_jsonl_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
+
+
+def model_items_plan(model_path: Path, items: Sequence[Any]) -> dict[str, Any]:
+    """The part of a plan that a model and its work items decide: the model folder, its weight files' fingerprints
+    and a hash of the items (dataclasses, in order). Callers add their own settings."""
+    weights = sorted(model_path.glob("*.safetensors")) or sorted(model_path.glob("*.bin"))
+    listing = json.dumps([dataclasses.astuple(item) for item in items], ensure_ascii=False)
+    return {"model": str(model_path), "weights": [file_fingerprint(path) for path in weights],
+            "items_sha256": hashlib.sha256(listing.encode()).hexdigest(), "num_items": len(items)}
 
 
 class ShardStore:

@@ -18,7 +18,7 @@ from typing import Any
 
 from cst_dist.config import RunConfig
 from cst_dist.farm import FarmError
-from cst_dist.farm.cluster import FarmSettings, current_node
+from cst_dist.farm.cluster import FarmSettings, actor_device, current_node
 from cst_dist.farm.pool import Job, ShardDone, run_shards
 from cst_dist.farm.shards import Shard, plan_shards
 from cst_dist.generation.critique import PromptItem, SelfCritiqueChain
@@ -36,14 +36,10 @@ class GenerationWorker:
     """One model replica: loads the engine once, then runs the self-critique chain shard by shard."""
 
     def __init__(self, config: RunConfig, num_gpus: int = 0, num_cpus: int = 1, name: str = "worker"):
-        import torch
-
         from cst_dist.engines import RecordingEngine, build_engine
 
         self.name, self.node = name, current_node()
-        self.device = "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            torch.set_num_threads(num_cpus)  # the actor's share of the cores, not every core of the node
+        self.device = actor_device(num_gpus, num_cpus)
         generate = config.generate
         engine = build_engine(generate.engine, config.model, generate.batch_size, self.device, num_gpus)
         self.engine = RecordingEngine(engine) if generate.save_conversations else engine

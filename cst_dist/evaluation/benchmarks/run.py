@@ -13,8 +13,6 @@ actors give the same report; a rerun scores only the shards the folder lacks.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -26,11 +24,11 @@ from cst_dist.config import BenchmarksConfig, ModelConfig
 from cst_dist.evaluation.benchmarks.fewshot import Prompt, build_prompts, continuations, render
 from cst_dist.evaluation.benchmarks.metrics import task_metrics
 from cst_dist.evaluation.benchmarks.tasks import TASKS, Doc, read_docs
-from cst_dist.farm.cluster import FarmSettings
+from cst_dist.farm.cluster import FarmSettings, actor_device
 from cst_dist.farm.pool import Job, ShardDone, run_shards
 from cst_dist.farm.shards import Shard, plan_shards
-from cst_dist.farm.store import ShardStore
-from cst_dist.io import file_fingerprint, read_rows
+from cst_dist.farm.store import ShardStore, model_items_plan
+from cst_dist.io import read_rows
 
 log = logging.getLogger(__name__)
 COUNTS = ("questions", "requests", "forwards", "input_tokens", "truncated")
@@ -111,16 +109,12 @@ class BenchmarkWorker:
 
     def __init__(self, model_config: ModelConfig, batch_size: int, max_length: int | None, share_contexts: bool = True,
                  num_gpus: int = 0, num_cpus: int = 1, name: str = "worker"):
-        import torch
-
         from cst_dist.chat import ChatEncoder
         from cst_dist.evaluation.benchmarks.scorer import LoglikelihoodScorer
         from cst_dist.models import load_model, load_tokenizer, resolve_model
 
         self.name = name
-        self.device = "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            torch.set_num_threads(num_cpus)  # the actor's share of the cores
+        self.device = actor_device(num_gpus, num_cpus)
         tokenizer = load_tokenizer(model_config)
         self.chat = ChatEncoder(tokenizer)
         model = load_model(resolve_model(model_config, self.device)).to(self.device).eval()
@@ -179,11 +173,8 @@ class ScoringRun:
 
 def scoring_plan(model_path: Path, items: list[ScoringItem], cfg: BenchmarksConfig) -> dict[str, Any]:
     """Everything that decides the numbers; another plan in the same folder is refused, not mixed in."""
-    weights = sorted(model_path.glob("*.safetensors")) or sorted(model_path.glob("*.bin"))
-    listing = json.dumps([dataclasses.astuple(item) for item in items], ensure_ascii=False)
-    return {"model": str(model_path), "weights": [file_fingerprint(path) for path in weights],
-            "items_sha256": hashlib.sha256(listing.encode()).hexdigest(), "num_items": len(items),
-            "batch_size": cfg.batch_size, "shard_size": cfg.shard_size, "max_length": cfg.max_length}
+    return {**model_items_plan(model_path, items), "batch_size": cfg.batch_size, "shard_size": cfg.shard_size,
+            "max_length": cfg.max_length}
 
 
 def score_items(model_config: ModelConfig, items: list[ScoringItem], cfg: BenchmarksConfig, farm: FarmSettings,
