@@ -13,6 +13,7 @@ import time
 import pytest
 
 from cst_dist.cli import main
+from cst_dist.stage_process import child_env
 
 SMALL = ["data.max_length=96", "data.max_prompt_length=48", "train.max_steps=2", "train.reference=precomputed",
          "eval.max_prompts=2", "eval.sampling.max_new_tokens=4", "eval.judge.kind=keyword", "eval.preference=false",
@@ -31,8 +32,7 @@ def events(run_dir):
 
 def test_interrupted_after_training_resumes_with_export_and_eval_only(tmp_path, tiny_model_config, released_json):
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT", "RAY_ADDRESS")}
+    env = {k: v for k, v in child_env().items() if k != "RAY_ADDRESS"}
     command = [sys.executable, "-m", "cst_dist.cli", *pipeline_args(tmp_path, tiny_model_config, released_json)]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

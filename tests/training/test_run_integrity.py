@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from cst_dist.run_layout import RunLayout
+from cst_dist.stage_process import child_env
 from tests.training.launch import read_metrics, train_overrides
 from tests.training.test_training_units import assert_user_error, cst_train
 
@@ -73,9 +74,7 @@ def base(tmp_path_factory, tiny_model_config, preference_dir):
     plant_pickle(root / "data-src" / "reference_logps.pt", root / "PWNED-cache")
     shutil.copytree(preference_dir, root / "data-src", dirs_exist_ok=True)
     with read_only_copy(root / "data-src", root / "mount") as data:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)
+        env = {**child_env(), "OMP_NUM_THREADS": "1"}
         args = overrides("models/tiny", data, "runs/a")
         result = subprocess.run([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *args], cwd=workdir,
                                 capture_output=True, text=True, env=env, timeout=300)
@@ -177,8 +176,7 @@ def test_kill_during_resave_then_torn_metrics_then_resume(base, tmp_path):
     cache = {"train.reference_cache": str(base["run"] / "reference_logps.safetensors")}
     args = overrides(base["model"], base["data"], run,
                      **{**cache, "train.resume": str(run / "checkpoints" / "step-00000002")})
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
+    env = child_env()
     proc = subprocess.Popen([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *args],
                             env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = run / "checkpoints" / "step-00000004" / "complete.json"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from cst_dist.config import DataConfig, load_config
 from cst_dist.data.collate import IGNORE_INDEX, PairTokenizer, pack_batch, pad_batch, padding_ratio
 from cst_dist.logprobs import batch_token_counts, forward_logps, sequence_logps
 from cst_dist.models import load_model, resolve_model
+from cst_dist.stage_process import child_env
 from cst_dist.training.data import load_sft_set, load_tokenized_set
 from cst_dist.training.losses import sft_loss
 from tests.training.launch import launch, read_metrics, train_overrides
@@ -139,9 +139,7 @@ def test_sft_responses_both_doubles_the_examples(tiny_tokenizer, preference_dir)
 
 
 def cst(stage: str, overrides: list[str], wait: bool = True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by in-process tests
-        env.pop(name, None)
+    env = {**child_env(), "OMP_NUM_THREADS": "1"}  # without the rank variables in-process tests set
     command = [sys.executable, "-m", "cst_dist.cli", stage, *overrides]
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -4,7 +4,6 @@ errors `cst train` gives for bad input (run as the real CLI, one process)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from cst_dist.config import ConfigError, TrainConfig
 from cst_dist.data.build import load_preference_split
+from cst_dist.stage_process import child_env
 from cst_dist.training import deepspeed_config
 from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
 from cst_dist.training.data import BatchPlan, StepSampler
@@ -97,9 +97,7 @@ def test_resume_auto_never_picks_an_interrupted_save(tmp_path):
 
 
 def cst_train(overrides: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by in-process tests
-        env.pop(name, None)
+    env = {**child_env(), "OMP_NUM_THREADS": "1"}  # without the rank variables in-process tests set
     return subprocess.run([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *overrides],
                           capture_output=True, text=True, env=env, timeout=300)
 
