@@ -55,7 +55,9 @@ class ModelConfig(StrictModel):
     path: str = Field(..., description="Local Hugging Face model folder (no hub downloads).")
     tiny: TinyModelConfig | None = Field(None, description="If set and `path` is missing, build a tiny model there.")
     trust_remote_code: bool = False
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "varlen"] = Field(
+        "auto", description="auto: flash_attention_2 where installed on CUDA, else varlen for packed training "
+        "batches (torch's varlen FlashAttention on CUDA, SDPA per sequence on CPU), else sdpa.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
 
 

@@ -7,6 +7,9 @@ collated chosen+rejected batch (see `cst_dist.data.collate`) and returns those l
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -96,10 +99,15 @@ def sequence_logps(
     mask, seq_index, num = _counted_tokens(labels, sequence_ids, num_sequences, ignore_index)
     # Boolean indexing of the shifted view selects only counted tokens [K, V]: prompt and padding never upcast.
     token_logps = _token_logps(logits[:, :-1][mask], labels[:, 1:][mask])
-    totals = torch.zeros(num, dtype=token_logps.dtype, device=logits.device).index_add(0, seq_index, token_logps)
+    return _per_sequence(token_logps, seq_index, num, average)
+
+
+def _per_sequence(token_logps: Tensor, seq_index: Tensor, num: int, average: bool) -> Tensor:
+    """Sum (or mean) the counted tokens' log-probs [K] of each sequence -> [num]."""
+    totals = torch.zeros(num, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq_index, token_logps)
     if not average:
         return totals
-    counts = torch.zeros(num, dtype=token_logps.dtype, device=logits.device)
+    counts = torch.zeros(num, dtype=token_logps.dtype, device=token_logps.device)
     counts.index_add_(0, seq_index, torch.ones_like(token_logps))
     return totals / counts.clamp(min=1)
 
@@ -107,18 +115,43 @@ def sequence_logps(
 def forward_logps(model, batch: dict[str, torch.Tensor], num_sequences: int, device: torch.device,
                   average: bool = False) -> Tensor:
     """Summed (or, `average=True`, token-averaged) response log-probs [num_sequences] of one concatenated
-    chosen+rejected batch, padded or packed.
+    chosen+rejected batch, padded or packed; equal to `sequence_logps` of the full logits.
 
-    A packed batch carries position_ids that restart per sequence (flash-attn varlen and SDPA's block-diagonal mask
-    both derive the boundaries from them) and no attention mask.
+    The LM head runs only at the positions whose next token is counted (the responses): the prompt's logits are
+    never computed, and the fp32 upcast goes over those positions in chunks. The selection is made from the batch's
+    CPU tensors, so nothing waits on the device. A packed batch carries position_ids that restart per sequence and,
+    for varlen attention, cu_seq_lens; no attention mask.
     """
+    labels = batch["labels"]
+    sequence_ids = batch.get("sequence_ids")
+    mask, seq_index, num = _counted_tokens(labels, sequence_ids, num_sequences if sequence_ids is not None else None,
+                                           -100)
     inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"].to(device)
-    if "sequence_ids" in batch:
-        sequence_ids = batch["sequence_ids"].to(device)
-        return sequence_logps(logits, labels, sequence_ids=sequence_ids, num_sequences=num_sequences, average=average)
-    return sequence_logps(logits, labels, average=average)
+    if "cu_seq_lens" in batch:  # read by varlen attention (flash-attn or ours); other backends ignore them
+        cu_seq_lens = batch["cu_seq_lens"].to(device)
+        longest = int(batch["max_length"])
+        inputs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=longest, max_length_k=longest)
+    targets = labels[:, 1:][mask].to(device)
+    if _takes_logits_to_keep(model):
+        keep = torch.nn.functional.pad(mask, (0, 1))  # [R, T]: position t is kept when label t + 1 is counted
+        # One row: integer positions (no device sync); several rows: transformers' boolean form, flattened row-major.
+        positions = keep[0].nonzero().T if keep.shape[0] == 1 else keep
+        logits = model(**inputs, use_cache=False, logits_to_keep=positions.to(device)).logits
+        logits = logits.reshape(-1, logits.shape[-1])
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][mask.to(device)]
+    return _per_sequence(_token_logps(logits, targets), seq_index.to(device), num, average)
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward can compute logits at chosen positions only (transformers' causal LMs can;
+    custom remote code may not). A DeepSpeed engine passes keywords on to its module."""
+    return _accepts_logits_to_keep(type(getattr(model, "module", model)))
+
+
+@functools.cache
+def _accepts_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
 
 
 def batch_token_counts(batch: dict[str, torch.Tensor], num_sequences: int) -> Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cst_dist import prompts
+from cst_dist import attention, prompts
 from cst_dist.config import ModelConfig, TinyModelConfig
 from cst_dist.errors import UserError
 from cst_dist.io import atomic_directory, read_rows
@@ -177,16 +177,26 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def select_attn_implementation(requested: str, device: torch.device | str = "cpu") -> str:
-    """flash_attention_2 where it is installed and a CUDA device runs, otherwise SDPA; explicit requests are checked."""
+def select_attn_implementation(requested: str, device: torch.device | str = "cpu", packed: bool = False) -> str:
+    """The attention backend, by capability. `auto`: flash_attention_2 where flash-attn is installed and a CUDA device
+    runs; otherwise, for packed batches (`packed=True`: training with data.packing), `varlen` (torch's FlashAttention
+    varlen kernel on CUDA, SDPA per sequence on CPU: `cst_dist.attention`), and SDPA for padded batches and
+    generation. Explicit requests are checked."""
     flash_available = importlib.util.find_spec("flash_attn") is not None and torch.device(device).type == "cuda"
     if requested == "flash_attention_2" and not flash_available:
         raise ModelLoadError(
             "model.attn_implementation=flash_attention_2 but flash-attn is not installed or no CUDA device is used; "
             "install the `gpu` extra or set model.attn_implementation=sdpa"
         )
+    if requested == attention.VARLEN:
+        if not attention.varlen_supported(device):
+            raise ModelLoadError("model.attn_implementation=varlen needs torch.nn.attention.varlen on CUDA (torch "
+                                 ">= 2.9); set model.attn_implementation=auto")
+        return attention.VARLEN if packed else "sdpa"  # padded batches and generation have no cu_seq_lens
     if requested == "auto":
-        return "flash_attention_2" if flash_available else "sdpa"
+        if flash_available:
+            return "flash_attention_2"
+        return attention.VARLEN if packed and attention.varlen_supported(device) else "sdpa"
     return requested
 
 
@@ -207,11 +217,12 @@ class ModelSpec:
     hidden_size: int
 
 
-def resolve_model(config: ModelConfig, device: torch.device | str = "cpu") -> ModelSpec:
-    """Check the folder (building the tiny model if configured), read its config once, pick backend and dtype."""
+def resolve_model(config: ModelConfig, device: torch.device | str = "cpu", packed: bool = False) -> ModelSpec:
+    """Check the folder (building the tiny model if configured), read its config once, pick backend and dtype
+    (`packed`: the model will see packed batches, see `select_attn_implementation`)."""
     path = ensure_model(config)
     hidden_size = getattr(load_model_config(config), "hidden_size", 0)
-    attn = select_attn_implementation(config.attn_implementation, device)
+    attn = select_attn_implementation(config.attn_implementation, device, packed)
     return ModelSpec(config, path, attn, select_dtype(config.dtype, device), hidden_size)
 
 
@@ -227,6 +238,8 @@ def load_model(spec: ModelSpec, **kwargs):
             "model's weight files into it"
         )
     log.info("attention backend: %s", spec.attn_implementation)
+    if spec.attn_implementation == attention.VARLEN:
+        attention.register()
     try:
         return AutoModelForCausalLM.from_pretrained(
             path,

@@ -159,9 +159,10 @@ def pack_batch(
     (first-fit decreasing).
 
     Returns input_ids, labels, position_ids, sequence_ids: [R, W] (position ids restart at 0 for every sequence, which
-    is how flash-attn varlen and transformers' SDPA mask find the boundaries; sequence_ids index the 2B sequences),
-    Row tails are padding with masked labels.
-    Mask-based attention costs O(tokens x row length), so rows are capped there; flash-attn varlen needs no cap.
+    is how transformers' SDPA mask finds the boundaries; sequence_ids index the 2B sequences); row tails are padding
+    with masked labels. Also cu_seq_lens [S + 1] (int32: the starts of the S segments, sequences and row tails, of
+    the rows laid end to end) and max_length (the longest segment), which varlen attention takes instead of a mask.
+    Mask-based attention costs O(tokens x row length), so rows are capped there; varlen attention needs no cap.
     """
     sequences = _sequences(pairs)
     capacity = max([row_tokens or 0] + [len(ids) for ids, _ in sequences]) if row_tokens else None
@@ -183,6 +184,7 @@ def pack_batch(
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     sequence_ids = torch.zeros(shape, dtype=torch.long)
+    segments: list[int] = []  # lengths of the segments of the flat token axis, in order: sequences and row tails
     for r, row in enumerate(rows):
         offset = 0
         for index in sorted(row):
@@ -193,10 +195,16 @@ def pack_batch(
             position_ids[r, span] = torch.arange(len(ids))
             sequence_ids[r, span] = index
             offset += len(ids)
+            segments.append(len(ids))
         if offset < width:  # the tail is one padding "sequence": its labels are masked, any valid id will do
             position_ids[r, offset:] = torch.arange(width - offset)
+            segments.append(width - offset)
+    cu_seq_lens = torch.zeros(len(segments) + 1, dtype=torch.int32)
+    cu_seq_lens[1:] = torch.tensor(segments).cumsum(0)
     return {
         "input_ids": input_ids, "labels": labels, "position_ids": position_ids, "sequence_ids": sequence_ids,
+        # where each segment of the flattened rows starts: what varlen attention kernels take (`cst_dist.attention`)
+        "cu_seq_lens": cu_seq_lens, "max_length": torch.tensor(max(segments)),
     }
 
 

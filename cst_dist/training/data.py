@@ -117,11 +117,12 @@ def _preference_rows(file: Path) -> list[tuple[int, dict[str, str]]]:
 
 def make_collator(data_config: DataConfig, pad_token_id: int, attn_implementation: str) -> Callable[[list], dict]:
     """Padded batches, or packed ones; packed rows are capped only for mask-based attention (SDPA, eager), whose cost
-    grows with the row length, while flash-attn varlen takes one row of any length at per-sequence cost."""
+    grows with the row length, while varlen attention (flash-attn's or `cst_dist.attention`) takes one row of any
+    length at per-sequence cost: a micro-batch is then one row without a single padding token."""
     if not data_config.packing:
         return partial(pad_batch, pad_token_id=pad_token_id)
     row_tokens = data_config.pack_row_tokens
-    if row_tokens is None and attn_implementation != "flash_attention_2":
+    if row_tokens is None and attn_implementation not in ("flash_attention_2", "varlen"):
         row_tokens = data_config.max_length
     return partial(pack_batch, pad_token_id=pad_token_id, row_tokens=row_tokens)
 

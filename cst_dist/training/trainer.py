@@ -90,7 +90,8 @@ def train(config: RunConfig) -> TrainResult:
     run_hash = identity_hash(identity)
     resume_from = checkpoint.prepare_run_folder(config.run_dir, identity, train_cfg.resume, train_cfg.overwrite, env)
     torch.manual_seed(train_cfg.seed)
-    spec = resolve_model(config.model, env.device)  # config.json read once; backend and dtype chosen once
+    # config.json read once; backend (varlen attention for packed batches) and dtype chosen once
+    spec = resolve_model(config.model, env.device, packed=config.data.packing)
     tokenizer = load_tokenizer(config.model)
     data = load_train_set(config.train_data_dir, config.data, train_cfg, tokenizer)
     plan = BatchPlan.of(train_cfg, env.world_size)
