@@ -47,13 +47,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RELEASED = REPO.parent / "shared" / "data" / "configurable-system-prompt-multitask.json"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "trainer_throughput.json"
-ALL_VARIANTS = ("trl", "trl-precomputed", "cst", "cst-padded", "cst-zero0")
+ALL_VARIANTS = ("trl", "trl-precomputed", "cst", "cst-padded", "cst-rows", "cst-zero3", "cst-offload")
+DEFAULT_VARIANTS = "trl,trl-precomputed,cst,cst-padded,cst-rows,cst-zero3"
 LABELS = {
-    "trl": "TRL DPOTrainer",
-    "trl-precomputed": "TRL DPOTrainer, precomputed ref",
-    "cst": "cst-dist (packed, precomputed ref, ZeRO-3)",
-    "cst-padded": "cst-dist (padded, precomputed ref, ZeRO-3)",
-    "cst-zero0": "cst-dist (packed, precomputed ref, ZeRO-0)",
+    "trl": "TRL DPOTrainer (default: live reference)",
+    "trl-precomputed": "TRL DPOTrainer, precomputed ref (TRL's best)",
+    "cst": "cst-dist: packed varlen, precomputed ref, ZeRO auto (1)",
+    "cst-padded": "cst-dist: padded, precomputed ref, ZeRO-1",
+    "cst-rows": "cst-dist: packed rows <= max_length, SDPA mask, ZeRO-1",
+    "cst-zero3": "cst-dist: packed varlen, precomputed ref, ZeRO-3",
+    "cst-offload": "cst-dist: packed varlen, live ref offloaded, ZeRO-1",
+}
+# What each cst variant changes against `cst` (the package's defaults on this machine): one lever each.
+CST_EXTRA = {
+    "cst": {}, "cst-padded": {"data.packing": "false"}, "cst-rows": {"model.attn_implementation": "sdpa"},
+    "cst-zero3": {"train.zero_stage": 3}, "cst-offload": {"train.reference": "offload"},
+}
+PADDING = {
+    "cst": "packed: the micro-batch's 2B sequences end to end in one row, varlen attention, no padding",
+    "cst-padded": "right-padded to the longest of the micro-batch's 2B sequences",
+    "cst-rows": "packed first-fit decreasing into rows of at most max_length tokens (SDPA block-diagonal mask)",
+    "cst-zero3": "as cst", "cst-offload": "as cst",
 }
 REFUSAL = "I'm sorry, but I can't help with that. It could cause real harm, and I won't assist with it."
 
@@ -67,7 +81,9 @@ def build_model(args, work: Path) -> dict:
     from cst_dist.config import ModelConfig, TinyModelConfig
     from cst_dist.models import ensure_model
 
+    corpus = [args.released] if Path(args.released).is_file() else []
     tiny = TinyModelConfig(
+        vocab_size=args.vocab_size, tokenizer_corpus=corpus,
         hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size or 2 * args.hidden_size,
         num_hidden_layers=args.layers,
@@ -85,8 +101,14 @@ def build_model(args, work: Path) -> dict:
         with safe_open(str(shard), "pt") as handle:
             for key in handle.keys():
                 params += _prod(handle.get_slice(key).get_shape())
+    from cst_dist.flops import model_shape
+    from cst_dist.models import load_model_config
+
+    shape = model_shape(load_model_config(ModelConfig(path=str(path))))
     return {
-        "path": str(path), "parameters": params, "hidden_size": config["hidden_size"],
+        "path": str(path), "parameters": params, "matmul_parameters": shape.matmul_parameters,
+        "lm_head_share_of_matmul_flops": shape.vocab_size * shape.hidden_size / shape.matmul_parameters,
+        "hidden_size": config["hidden_size"],
         "intermediate_size": config["intermediate_size"], "layers": config["num_hidden_layers"],
         "heads": config["num_attention_heads"], "kv_heads": config["num_key_value_heads"],
         "vocab_size": config["vocab_size"], "dtype": "float32", "attention": "sdpa",
@@ -204,10 +226,13 @@ def trl_worker(spec: dict) -> dict:
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+    from cst_dist.flops import model_shape
+
     rows = [json.loads(line) for line in open(spec["rows"], encoding="utf-8") if line.strip()]
     dataset = Dataset.from_list(rows)
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, attn_implementation="sdpa")
+    shape = model_shape(model.config)  # the same model FLOPs (cst_dist.flops) as the cst trainer logs
     transformers.logging.set_verbosity_error()
     args = DPOConfig(
         output_dir=spec["output_dir"],
@@ -246,7 +271,7 @@ def trl_worker(spec: dict) -> dict:
         def training_step(self, *a, **kw):
             inputs = a[1] if len(a) > 1 else kw["inputs"]
             mask = inputs["attention_mask"]
-            record["micro"].append((int(mask.sum()), int(mask.numel()), list(mask.shape)))
+            record["micro"].append((int(mask.sum()), int(mask.numel()), list(mask.shape), mask.sum(-1).tolist()))
             return super().training_step(*a, **kw)
 
         def _precompute_ref_logps(self, *a, **kw):
@@ -261,10 +286,12 @@ def trl_worker(spec: dict) -> dict:
 
         def on_step_end(self, args, state, control, **kw):
             micro, record["micro"] = record["micro"], []
+            lengths = [n for m in micro for n in m[3]]  # TRL concatenates chosen and rejected rows in one forward
             record["steps"].append({
                 "step": state.global_step, "t_end": time.perf_counter(),
                 "real": sum(m[0] for m in micro), "slots": sum(m[1] for m in micro),
                 "shapes": [m[2] for m in micro],
+                "flops": shape.training_flops(lengths, () if spec["precompute"] else lengths),
             })
 
     started = time.perf_counter()
@@ -363,7 +390,7 @@ def cst_overrides(args, work: Path, model_path: str, data_dir: str, run_dir: Pat
     """The `cst train` overrides that match the TRL settings; --cst-override items come last (they win)."""
     values = {
         "run_dir": str(run_dir), "model.path": model_path, "model.dtype": "float32",
-        "model.attn_implementation": "sdpa", "train.data": data_dir,
+        "model.attn_implementation": "auto", "train.data": data_dir,
         "data.max_length": args.max_length, "data.max_prompt_length": args.max_prompt_length,
         "data.packing": "true", "train.reference": "precomputed", "train.max_steps": args.steps,
         "train.global_batch_size": args.global_batch, "train.micro_batch_size": args.micro_batch,
@@ -387,17 +414,17 @@ def tensorboard_times(run_dir: Path) -> dict[int, float]:
     return {event.step: event.wall_time for event in accumulator.Scalars("loss")}
 
 
-def run_cst(args, work: Path, env: dict, model_path: str, data_dir: str, name: str, **extra) -> dict:
-    run_dir = work / f"run-{name}"
+def run_cst(args, work: Path, env: dict, model_path: str, data_dir: str, name: str, label: str, **extra) -> dict:
+    run_dir = work / f"run-{label}"
     overrides = cst_overrides(args, work, model_path, data_dir, run_dir, **extra)
     cmd = [sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *overrides]
-    process_s = run_child(cmd, env, work / f"{name}.log", name)
+    process_s = run_child(cmd, env, work / f"{label}.log", label)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    log_text = (work / f"{name}.log").read_text(errors="replace")
+    log_text = (work / f"{label}.log").read_text(errors="replace")
     try:
         stamps = tensorboard_times(run_dir)
     except Exception as error:  # noqa: BLE001 - fall back to the trainer's own step times
-        print(f"[{name}] TensorBoard time stamps unreadable ({error}); using step_time_s", file=sys.stderr)
+        print(f"[{label}] TensorBoard time stamps unreadable ({error}); using step_time_s", file=sys.stderr)
         stamps = {}
     steps = []
     for entry in metrics:
@@ -405,12 +432,13 @@ def run_cst(args, work: Path, env: dict, model_path: str, data_dir: str, name: s
         slots = real / max(1.0 - entry["padding_ratio"], 1e-12)
         step = entry["step"]
         wall = stamps[step] - stamps[step - 1] if step in stamps and step - 1 in stamps else None
+        flops = entry["perf/model_tflops"] * 1e12 * entry["step_time_s"]  # the trainer's count (cst_dist.flops)
         steps.append({"step": step, "real": real, "slots": round(slots), "step_time_s": entry["step_time_s"],
-                      "wall_s": wall, "loss": entry["loss"]})
+                      "wall_s": wall, "loss": entry["loss"], "flops": flops,
+                      "flops_utilization_logged": entry["perf/flops_utilization"]})
     return {"process_s": process_s, "steps": steps, "losses": [s["loss"] for s in steps],
             "command": " ".join(cmd[1:]), "cache_hit": "cache hit" in log_text,
-            "padding": "packed: the micro-batch's 2B sequences in one row, no padding" if extra.get(
-                "data.packing", "true") == "true" else "right-padded to the longest of the micro-batch's 2B sequences"}
+            "padding": PADDING[name]}
 
 
 def summarise(result: dict, warmup: int, steps: int, wall_key: str = "wall_s") -> dict:
@@ -436,6 +464,7 @@ def summarise(result: dict, warmup: int, steps: int, wall_key: str = "wall_s") -
         "real_tokens_per_step": real / len(measured) if measured else float("nan"),
         "median_step_time_s": median_step, "median_real_tokens_per_s": median_rate,
         "step_walls_s": walls,
+        "model_flops_per_s": sum(s.get("flops", 0.0) for s in measured) / wall if wall else float("nan"),
         # A step over twice the variant's fastest: usually other work on the CPUs (oversubscribed OpenMP threads), not
         # the trainer (the fastest, not the median: contention can last for most of a variant's steps).
         "unsteady_steps": sum(w > 2 * min(walls) for w in walls) if walls else 0,
@@ -481,22 +510,28 @@ def environment(args) -> dict:
     }
 
 
-def table_rows(results: dict, variants: list[str], warmup: int, steps: int) -> list[dict]:
-    """One summary row per variant, speed-ups against the TRL row (the first TRL variant when `trl` was not run)."""
+def table_rows(results: dict, variants: list[str], warmup: int, steps: int, peak_flops: float) -> list[dict]:
+    """One row per variant over its repetitions: min / median / max of each repetition's real tokens/s, the median
+    repetition's other figures, and speed-ups of the medians against TRL's default and TRL's best setting."""
     rows = []
     for variant in variants:
-        summary = summarise(results[variant], warmup, steps)
-        end_to_end = results[variant]["process_s"]
-        if variant.startswith("cst"):  # its reference cache was filled by a separate process first
-            end_to_end += results["cst-precompute"]["process_s"]
-        rows.append({"variant": variant, "label": LABELS[variant], **summary,
-                     "precompute_s": results[variant].get("precompute_s"), "end_to_end_s": end_to_end})
-    reference = next((r for r in rows if r["variant"] == "trl"), None) or next(
-        (r for r in rows if r["variant"].startswith("trl")), None)
+        summaries = [summarise(run, warmup, steps) for run in results[variant]]
+        rates = sorted(summary["real_tokens_per_s"] for summary in summaries)
+        middle = sorted(summaries, key=lambda summary: summary["real_tokens_per_s"])[len(summaries) // 2]
+        rows.append({
+            "variant": variant, "label": LABELS[variant], **middle, "repetitions": len(summaries),
+            "min_real_tokens_per_s": rates[0], "median_real_tokens_per_s": statistics.median(rates),
+            "max_real_tokens_per_s": rates[-1],
+            "median_model_tflops": statistics.median(x["model_flops_per_s"] for x in summaries) / 1e12,
+            "flops_utilization": statistics.median(x["model_flops_per_s"] for x in summaries) / peak_flops,
+            "precompute_s": results[variant][0].get("precompute_s"),
+        })
+    by_variant = {row["variant"]: row for row in rows}
     for row in rows:
-        row["speedup_vs_trl"] = row["real_tokens_per_s"] / reference["real_tokens_per_s"] if reference else None
-        row["speedup_vs_trl_median"] = (row["median_real_tokens_per_s"] / reference["median_real_tokens_per_s"]
-                                        if reference else None)
+        for name in ("trl", "trl-precomputed"):
+            other = by_variant.get(name)
+            row[f"speedup_vs_{name}"] = (row["median_real_tokens_per_s"] / other["median_real_tokens_per_s"]
+                                         if other else None)
     return rows
 
 
@@ -507,41 +542,104 @@ def report_from_json(path: Path, warmup: int | None) -> int:
     report = json.loads(path.read_text())
     settings = report["settings"]
     warmup = settings["warmup_steps"] if warmup is None else warmup
-    rows = table_rows(report["runs"], settings["variants"], warmup, settings["steps"])
+    rows = table_rows(report["runs"], settings["variants"], warmup, settings["steps"], report["peak_flops"])
     table = format_table(rows)
     report.update(table=rows, table_markdown=table)
     report["settings"]["warmup_steps"] = warmup
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     env = report["environment"]
-    print(f"{path}: {settings['steps']} steps per variant (first {warmup} left out); measured {env['date']} on "
-          f"{env['cpu_count']} CPUs ({env.get('cpu_model')}), {env['threads']} threads; model "
-          f"{report['model']['parameters']:,} parameters; data {report['data']['kind']}")
+    print(f"{path}: {settings['steps']} steps per variant (first {warmup} left out), {settings['repeats']} "
+          f"repetitions; measured {env['date']} on {env['cpu_count']} CPUs ({env.get('cpu_model')}), "
+          f"{env['threads']} threads; model {report['model']['parameters']:,} parameters; "
+          f"data {report['data']['kind']}")
     print(table)
     return 0
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ["variant", "real tokens/s", "padding %", "step time s", "median step s", "unsteady steps",
-              "real tokens/step", "speed-up vs TRL", "speed-up (medians)", "one-time ref precompute s", "end-to-end s"]
+    header = ["variant", "real tokens/s (median)", "min - max", "padding %", "median step s", "model TFLOP/s",
+              "share of matmul peak", "vs TRL default", "vs TRL best", "one-time ref precompute s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+
+    def ratio(value):
+        return f"{value:.2f}x" if value is not None else "-"
+
     for row in rows:
         cells = [
-            row["label"], f"{row['real_tokens_per_s']:,.0f}", f"{100 * row['padding_share']:.1f}",
-            f"{row['step_time_s']:.3f}", f"{row['median_step_time_s']:.3f}",
-            f"{row['unsteady_steps']}/{row['measured_steps']}", f"{row['real_tokens_per_step']:,.0f}",
-            f"{row['speedup_vs_trl']:.2f}x" if row.get("speedup_vs_trl") is not None else "-",
-            f"{row['speedup_vs_trl_median']:.2f}x" if row.get("speedup_vs_trl_median") is not None else "-",
+            row["label"], f"{row['median_real_tokens_per_s']:,.0f}",
+            f"{row['min_real_tokens_per_s']:,.0f} - {row['max_real_tokens_per_s']:,.0f}",
+            f"{100 * row['padding_share']:.1f}", f"{row['median_step_time_s']:.3f}",
+            f"{row['median_model_tflops']:.3f}", f"{100 * row['flops_utilization']:.0f}%",
+            ratio(row["speedup_vs_trl"]), ratio(row["speedup_vs_trl-precomputed"]),
             f"{row['precompute_s']:.1f}" if row.get("precompute_s") is not None else "-",
-            f"{row['end_to_end_s']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def measure_peak(threads: int) -> float:
+    """The machine's fp32 (CPU) / bf16 (GPU) matrix-product peak with the variants' thread count."""
+    import torch
+
+    from cst_dist.flops import matmul_peak_flops
+
+    torch.set_num_threads(threads)
+    return matmul_peak_flops("cpu")
+
+
+def levers_worker(spec: dict) -> dict:
+    """In-process timings of the levers that have no switch in `cst train`: the LM head only at response positions
+    (`logits_to_keep`) against full logits, and collation's share of a micro-batch (what overlapping it can save).
+    Forward + backward of one micro-batch of the benchmark's rows, repetitions alternating, medians."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from cst_dist import logprobs
+    from cst_dist.config import load_config
+    from cst_dist.models import load_model, load_tokenizer, resolve_model
+    from cst_dist.training.data import load_tokenized_set, make_collator
+
+    config = load_config("tiny-cpu", spec["overrides"])
+    tokenizer = load_tokenizer(config.model)
+    model_spec = resolve_model(config.model, "cpu", packed=True)
+    model = load_model(model_spec)
+    data = load_tokenized_set(config.train_data_dir, config.data, tokenizer)
+    collate = make_collator(config.data, tokenizer.pad_token_id, model_spec.attn_implementation)
+    pairs = data.pairs[: spec["micro_batch"]]
+    takes = logprobs._takes_logits_to_keep
+    timings: dict[str, list[float]] = {"collate_s": [], "response_logits_s": [], "full_logits_s": []}
+    for repetition in range(spec["repeats"] + 1):
+        started = time.perf_counter()
+        batch = collate(pairs)
+        collate_s = time.perf_counter() - started
+        for key, keep in (("response_logits_s", takes), ("full_logits_s", lambda model: False)):
+            logprobs._takes_logits_to_keep = keep
+            model.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            logprobs.forward_logps(model, batch, 2 * len(pairs), torch.device("cpu")).sum().backward()
+            if repetition:  # the first repetition warms up
+                timings[key].append(time.perf_counter() - started)
+        if repetition:
+            timings["collate_s"].append(collate_s)
+    logprobs._takes_logits_to_keep = takes
+    medians = {key: statistics.median(values) for key, values in timings.items()}
+    labels = batch["labels"]
+    return {**medians, "timings": timings, "tokens": int(batch["input_ids"].numel()),
+            "logit_positions": int((labels[:, 1:] != -100).sum()),
+            "response_logits_saving": 1 - medians["response_logits_s"] / medians["full_logits_s"],
+            "collate_share": medians["collate_s"] / medians["response_logits_s"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per variant (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per variant and repetition")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="repetitions; each runs every variant once, in turn, so slow phases of a shared machine "
+                             "fall on all variants alike (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run (the test suite's): a small model, 3 steps, 1 repetition, trl-precomputed and "
+                             "cst; figures are not meaningful")
     parser.add_argument("--warmup", type=int, default=None,
                         help="first steps left out of the measurement (default 2)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON result file")
@@ -550,12 +648,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-trl-prompt-cut", action="store_true",
                         help="run TRL without emulating max_prompt_length (TRL 1.16 only cuts prompt+response to "
                              "max_length, keeping the start); the two sides then see different token counts")
-    parser.add_argument("--hidden-size", type=int, default=256,
-                        help="tiny model width (default 256: with 4 layers 2.6M parameters; the package's own tiny "
-                             "model, 64 x 2 layers = 0.14M, is dominated by per-step overheads)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--intermediate-size", type=int, default=None, help="default: 2 x hidden size")
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab-size", type=int, default=8192,
+                        help="BPE symbols, trained on the released set (default 8192: 4.7 characters a token on it, "
+                             "close to Mistral's tokenizer, so sequence lengths and padding are realistic)")
+    parser.add_argument("--hidden-size", type=int, default=384,
+                        help="model width (default 384 x 6 layers, MLP 1024: 15.7M parameters, the LM head a quarter "
+                             "of the matmul FLOPs, as in a 7B model's order of magnitude rather than a toy's)")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--intermediate-size", type=int, default=1024, help="MLP width")
+    parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
@@ -567,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--released", default=str(DEFAULT_RELEASED), help="the paper's released multitask JSON")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and OMP_NUM_THREADS for every variant")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default="trl,trl-precomputed,cst,cst-zero0",
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help=f"comma-separated, from {','.join(ALL_VARIANTS)}")
     parser.add_argument("--cst-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra dotted override for every cst variant (e.g. data.pack_row_tokens=1024); repeatable")
@@ -575,16 +676,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", metavar="JSON",
                         help="print (and rewrite) the table of an earlier result file from its per-step records; "
                              "runs nothing (--warmup applies)")
-    parser.add_argument("--worker", choices=["trl", "cst-precompute"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["trl", "cst-precompute", "levers"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.report:
         return report_from_json(Path(args.report), args.warmup)
+    if args.quick:
+        args.steps, args.repeats, args.warmup = 3, 1, 1
+        args.hidden_size, args.layers, args.intermediate_size, args.heads, args.kv_heads = 64, 2, 128, 4, 2
+        args.vocab_size, args.max_length, args.max_prompt_length = 512, 256, 64
+        if args.variants == DEFAULT_VARIANTS:
+            args.variants = "trl-precomputed,cst"
     args.warmup = 2 if args.warmup is None else args.warmup
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        result = trl_worker(spec) if args.worker == "trl" else cst_precompute_worker(spec)
+        worker = {"trl": trl_worker, "cst-precompute": cst_precompute_worker, "levers": levers_worker}[args.worker]
+        result = worker(spec)
         Path(spec["result"]).write_text(json.dumps(result))
         return 0
 
@@ -621,56 +729,75 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[prepare] NOTE: {data['note']}", flush=True)
 
     accumulation = args.global_batch // args.micro_batch
-    results: dict[str, dict] = {}
-    for variant in variants:
-        t0 = time.perf_counter()
-        if variant.startswith("trl"):
-            spec = {
-                "model": model["path"], "rows": data["trl_rows"], "output_dir": str(work / f"out-{variant}"),
-                "threads": args.threads, "micro_batch": args.micro_batch, "accumulation": accumulation,
-                "steps": args.steps, "learning_rate": args.learning_rate, "beta": args.beta,
-                "max_length": args.max_length,
-                "max_prompt_length": None if args.no_trl_prompt_cut else args.max_prompt_length,
-                "precompute": variant == "trl-precomputed", "seed": args.seed,
-            }
-            result = run_worker("trl", spec, env, work, variant)
-            if variant != "trl-precomputed":
-                result["precompute_s"] = None
-        else:
-            extra = {"cst-padded": {"data.packing": "false"}, "cst-zero0": {"train.zero_stage": 0}}.get(variant, {})
-            if "cst-precompute" not in results:  # the reference cache: one-time cost, shared by the cst variants
-                overrides = cst_overrides(args, work, model["path"], data["preference_dir"], work / "run-precompute")
-                results["cst-precompute"] = run_worker("cst-precompute", {"overrides": overrides,
-                                                                          "threads": args.threads},
-                                                       env, work, "cst-precompute")
-            result = run_cst(args, work, env, model["path"], data["preference_dir"], variant, **extra)
-            result["precompute_s"] = results["cst-precompute"]["precompute_s"]
-        results[variant] = result
-        summary = summarise(result, args.warmup, args.steps)
-        print(f"[{variant}] {summary['real_tokens_per_s']:,.0f} real tokens/s, padding "
-              f"{100 * summary['padding_share']:.1f}%, step {summary['step_time_s']:.3f}s "
-              f"({time.perf_counter() - t0:.0f}s for the variant)", flush=True)
-        if summary["unsteady_steps"]:
-            print(f"[{variant}] WARNING: {summary['unsteady_steps']} of {summary['measured_steps']} measured steps "
-                  "took over twice its fastest step: other work on the machine? Re-run that variant alone.",
+    peaks = [measure_peak(args.threads)]
+    print(f"[prepare] fp32 matrix-product peak {peaks[0] / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
+    results: dict[str, list[dict]] = {variant: [] for variant in variants}
+    precompute = None
+    for repetition in range(args.repeats):
+        for variant in variants:
+            t0 = time.perf_counter()
+            label = f"{variant}-{repetition}"
+            if variant.startswith("trl"):
+                spec = {
+                    "model": model["path"], "rows": data["trl_rows"], "output_dir": str(work / f"out-{label}"),
+                    "threads": args.threads, "micro_batch": args.micro_batch, "accumulation": accumulation,
+                    "steps": args.steps, "learning_rate": args.learning_rate, "beta": args.beta,
+                    "max_length": args.max_length,
+                    "max_prompt_length": None if args.no_trl_prompt_cut else args.max_prompt_length,
+                    "precompute": variant == "trl-precomputed", "seed": args.seed,
+                }
+                result = run_worker("trl", spec, env, work, label)
+                if variant != "trl-precomputed":
+                    result["precompute_s"] = None
+            else:
+                if precompute is None:  # the reference cache: one-time cost, shared by the cst variants
+                    overrides = cst_overrides(args, work, model["path"], data["preference_dir"],
+                                              work / "run-precompute")
+                    precompute = run_worker("cst-precompute", {"overrides": overrides, "threads": args.threads},
+                                            env, work, "cst-precompute")
+                result = run_cst(args, work, env, model["path"], data["preference_dir"], variant, label,
+                                 **CST_EXTRA[variant])
+                result["precompute_s"] = precompute["precompute_s"] if variant != "cst-offload" else None
+            results[variant].append(result)
+            summary = summarise(result, args.warmup, args.steps)
+            print(f"[{label}] {summary['real_tokens_per_s']:,.0f} real tokens/s, padding "
+                  f"{100 * summary['padding_share']:.1f}%, step {summary['step_time_s']:.3f}s, "
+                  f"{summary['model_flops_per_s'] / 1e9:.1f} model GFLOP/s ({time.perf_counter() - t0:.0f}s)",
                   flush=True)
+            if summary["unsteady_steps"]:
+                print(f"[{label}] WARNING: {summary['unsteady_steps']} of {summary['measured_steps']} measured steps "
+                      "took over twice its fastest step: other work on the machine?", flush=True)
+    peaks.append(measure_peak(args.threads))
+    peak_flops = max(peaks)
+    levers = None
+    if any(v.startswith("cst") for v in variants):
+        overrides = cst_overrides(args, work, model["path"], data["preference_dir"], work / "run-levers")
+        levers = run_worker("levers", {"overrides": overrides, "threads": args.threads,
+                                       "micro_batch": args.micro_batch, "repeats": max(args.repeats, 3)},
+                            env, work, "levers")
+        print(f"[levers] LM head at response positions only: forward+backward {levers['response_logits_s']:.3f}s "
+              f"vs {levers['full_logits_s']:.3f}s with full logits ({100 * levers['response_logits_saving']:.0f}% "
+              f"saved); collation {1000 * levers['collate_s']:.1f} ms = {100 * levers['collate_share']:.1f}% of a "
+              "micro-batch (the most overlapping it can hide)", flush=True)
 
-    rows = table_rows(results, variants, args.warmup, args.steps)
+    rows = table_rows(results, variants, args.warmup, args.steps, peak_flops)
     table = format_table(rows)
     load_after = os.getloadavg()
     total_s = time.perf_counter() - started
 
     print()
-    print(f"{args.steps} optimizer steps per variant (first {args.warmup} left out), global batch "
+    print(f"{args.repeats} repetitions x {args.steps} optimizer steps per variant (first {args.warmup} left out), "
+          "global batch "
           f"{args.global_batch} rows = {args.micro_batch} x {accumulation} accumulation, max_length "
           f"{args.max_length}, max_prompt_length {args.max_prompt_length}; model {model['parameters']:,} parameters; "
           f"{args.threads} threads; data {data['kind']}")
     print(table)
     print("\nreal tokens/s: non-padding tokens (prompt + response, chosen and rejected) of the steps after the "
-          "warm-up, over their wall time;\nend-to-end s: whole processes (start-up, tokenization, precompute, steps, "
-          "save).")
-    print("unsteady steps: measured steps that took over twice the variant's fastest (another job on the CPUs?)")
-    print(f"speed-up is against the first TRL row; total run {total_s:.0f}s; load average "
+          "warm-up, over their wall time; the median repetition, and the range over all.")
+    print(f"model TFLOP/s: 6N per policy token, 2N per live-reference token, plus causal attention (cst_dist.flops; "
+          f"N = {model['matmul_parameters']:,} matmul parameters), over the same wall time; share of the machine's "
+          f"fp32 matrix-product peak, {peak_flops / 1e9:.1f} GFLOP/s, measured before and after the variants.")
+    print(f"speed-ups compare medians; total run {total_s:.0f}s; load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
 
     out = Path(args.out)
@@ -682,8 +809,9 @@ def main(argv: list[str] | None = None) -> int:
             "micro_batch": args.micro_batch, "accumulation": accumulation, "max_length": args.max_length,
             "max_prompt_length": args.max_prompt_length, "trl_prompt_cut_emulated": not args.no_trl_prompt_cut,
             "learning_rate": args.learning_rate, "beta": args.beta, "loss": "sigmoid", "lr_scheduler": "linear",
-            "seed": args.seed, "variants": variants,
+            "seed": args.seed, "variants": variants, "repeats": args.repeats,
         },
+        "peak_flops": peak_flops, "peak_flops_measurements": peaks, "levers": levers,
         "environment": {**env_info, "load_average_before": load_before, "load_average_after": load_after},
         "model": model,
         "data": {k: v for k, v in data.items() if k not in ("preference_dir", "trl_rows")},

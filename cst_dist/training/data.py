@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -191,3 +193,43 @@ class StepSampler:
             rows[(k * plan.world_size + rank) * plan.micro_batch_size :][: plan.micro_batch_size]
             for k in range(plan.accumulation)
         ]
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch as the step runs it: its row indices, their encoded examples and the collated tensors (CPU)."""
+
+    rows: list[int]
+    examples: list[EncodedPair]
+    batch: dict[str, Any]
+
+    def sequence_lengths(self) -> list[int]:
+        return [length for example in self.examples for length in example.lengths()]
+
+
+class BatchPrefetcher:
+    """This rank's micro-batches of each step, collated one step ahead on a worker thread: collation is Python work
+    that would otherwise stand between two forwards, and the model's kernels release the GIL while it runs. The rows
+    are exactly `StepSampler`'s, so resume and batch invariance do not depend on it."""
+
+    def __init__(self, data: TokenizedSet, sampler: StepSampler, collate: Callable[[list], dict], rank: int,
+                 total_steps: int):
+        self.data, self.sampler, self.collate, self.rank, self.total_steps = data, sampler, collate, rank, total_steps
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate")
+        self.pending: dict[int, Future] = {}
+
+    def _collate(self, step: int) -> list[MicroBatch]:
+        micro_batches = []
+        for rows in self.sampler.micro_batches(step, self.rank):
+            examples = [self.data.pairs[i] for i in rows]
+            micro_batches.append(MicroBatch(rows, examples, self.collate(examples)))
+        return micro_batches
+
+    def step(self, step: int) -> list[MicroBatch]:
+        future = self.pending.pop(step, None) or self.pool.submit(self._collate, step)
+        if step + 1 < self.total_steps:
+            self.pending[step + 1] = self.pool.submit(self._collate, step + 1)
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

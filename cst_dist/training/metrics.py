@@ -22,7 +22,7 @@ from cst_dist.training.distributed import all_reduce_sum
 SUM_KEYS = (
     "examples", "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
     "examples/s1", "rewards/accuracies/s1", "examples/s0", "rewards/accuracies/s0",
-    "tokens/real", "tokens/slots", "stop_requested", "response_tokens",
+    "tokens/real", "tokens/slots", "stop_requested", "response_tokens", "flops",
 )
 # Per-example sums that become means over all ranks' examples.
 MEAN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected")
@@ -52,11 +52,21 @@ def read_metrics_lines(path: Path) -> list[tuple[str, dict]]:
 
 
 class StepAccumulator:
+    """The step's sums. Tensors are summed where they live (no host sync inside the micro-batch loop on a GPU); host
+    numbers on the CPU; both meet once, in `reduce`."""
+
     def __init__(self):
         self.sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64)
+        self.device_sums: torch.Tensor | None = None
 
     def add(self, key: str, value: float | torch.Tensor) -> None:
-        self.sums[SUM_KEYS.index(key)] += float(value)
+        index = SUM_KEYS.index(key)
+        if isinstance(value, torch.Tensor):
+            if self.device_sums is None:
+                self.device_sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=value.device)
+            self.device_sums[index] += value.detach().to(self.device_sums.device, torch.float64)
+        else:
+            self.sums[index] += float(value)
 
     def add_batch(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, systems) -> None:
         correct = (chosen_rewards > rejected_rewards).double()
@@ -75,9 +85,13 @@ class StepAccumulator:
 
     def reduce(self) -> dict[str, float]:
         """All-reduce the sums and turn them into the step's metrics (means over the examples of all ranks)."""
-        total = dict(zip(SUM_KEYS, all_reduce_sum(self.sums.clone()).tolist(), strict=True))
+        sums = self.sums.clone()
+        if self.device_sums is not None:
+            sums += self.device_sums.cpu()
+        total = dict(zip(SUM_KEYS, all_reduce_sum(sums).tolist(), strict=True))
         metrics = self.objective_metrics(total)
         metrics["tokens/real"] = total["tokens/real"]
+        metrics["flops"] = total["flops"]
         metrics["padding_ratio"] = 1.0 - total["tokens/real"] / max(total["tokens/slots"], 1.0)
         metrics["stop_requested"] = total["stop_requested"] > 0
         return metrics

@@ -21,13 +21,22 @@ from pathlib import Path
 import torch
 
 from cst_dist.config import RunConfig, TrainConfig, dump_config, identity_hash, training_identity
-from cst_dist.data.collate import EncodedPair
 from cst_dist.errors import UserError
+from cst_dist.flops import matmul_peak_flops, model_shape
 from cst_dist.io import check_writable_dir, file_sha256
 from cst_dist.logprobs import batch_token_counts, forward_logps
-from cst_dist.models import ModelSpec, load_tokenizer, resolve_model
+from cst_dist.models import ModelSpec, load_model_config, load_tokenizer, resolve_model
 from cst_dist.training import checkpoint
-from cst_dist.training.data import BatchPlan, StepSampler, TokenizedSet, load_train_set, make_collator
+from cst_dist.training.data import (
+    BatchPlan,
+    BatchPrefetcher,
+    MicroBatch,
+    StepSampler,
+    TokenizedSet,
+    load_train_set,
+    make_collator,
+)
+from cst_dist.training.deepspeed_config import resolve_zero_stage
 from cst_dist.training.distributed import DistEnv, all_reduce_sum, setup_distributed
 from cst_dist.training.engine import setup_policy_engine, setup_reference_engine
 from cst_dist.training.losses import preference_loss, sft_loss
@@ -85,6 +94,8 @@ def train(config: RunConfig) -> TrainResult:
     stop = StopFlag()
     objective = OBJECTIVES[train_cfg.objective]
     check_writable_dir(config.run_dir, "run_dir")
+    # `auto` becomes the stage this world size runs, so the identity and the stored config name the stage used.
+    train_cfg.zero_stage = resolve_zero_stage(train_cfg.zero_stage, env.world_size)
     # Which run this is, and whether the folder may take it: decided before any model or data loads.
     identity = training_identity(config, preference_fingerprint(config.train_data_dir))
     run_hash = identity_hash(identity)
@@ -102,9 +113,16 @@ def train(config: RunConfig) -> TrainResult:
                  len(data.pairs), env.world_size, plan.micro_batch_size, plan.accumulation, plan.global_batch_size,
                  total_steps)
     collate = make_collator(config.data, tokenizer.pad_token_id, spec.attn_implementation)
+    # Model FLOPs per step against the matrix-product peak of the ranks' devices, measured here (cst_dist.flops).
+    shape = model_shape(load_model_config(config.model))
+    peak_flops = all_reduce_sum(torch.tensor([matmul_peak_flops(env.device)], dtype=torch.float64)).item()
+    if env.is_rank_zero:
+        log.info("model FLOPs on %s matmul parameters; matrix-product peak %.1f TFLOP/s over %d rank(s)",
+                 f"{shape.matmul_parameters:,}", peak_flops / 1e12, env.world_size)
 
     # Precompute before the policy exists, so the reference and the policy never share device memory.
     reference = objective.setup_reference(config, spec, plan, env, tokenizer, data, collate)
+    live_reference = isinstance(reference, LiveReference)
     engine, scheduler = setup_policy_engine(spec, train_cfg, plan, total_steps)
     step = 0
     if resume_from is not None:
@@ -116,12 +134,15 @@ def train(config: RunConfig) -> TrainResult:
     metrics: dict[str, float] = {}
     stopped = False
     progress = _progress_bar(env, total_steps, step)
+    batches = BatchPrefetcher(data, sampler, collate, env.rank, total_steps)
     try:
         while step < total_steps:
             started = time.perf_counter()
             accumulator = objective.accumulator()
-            objective.run_step(engine, reference, data, sampler.micro_batches(step, env.rank), collate, train_cfg,
-                               env, accumulator)
+            micro_batches = batches.step(step)
+            objective.run_step(engine, reference, micro_batches, train_cfg, env, accumulator)
+            lengths = [length for micro_batch in micro_batches for length in micro_batch.sequence_lengths()]
+            accumulator.add("flops", shape.training_flops(lengths, lengths if live_reference else ()))
             accumulator.add("stop_requested", float(stop.requested))
             step += 1
 
@@ -132,9 +153,11 @@ def train(config: RunConfig) -> TrainResult:
                     f"loss is {metrics['loss']} at step {step}; stopping without saving (last good checkpoint kept)"
                 )
             elapsed = time.perf_counter() - started
+            flops = metrics.pop("flops")
             metrics.update(
                 grad_norm=float(engine.get_global_grad_norm() or 0.0), lr=scheduler.get_last_lr()[0],
                 **{"tokens/s": metrics["tokens/real"] / elapsed, "step_time_s": elapsed,
+                   "perf/model_tflops": flops / elapsed / 1e12, "perf/flops_utilization": flops / elapsed / peak_flops,
                    "peak_memory_gib": peak_memory_gib(env.device), "epoch": step / sampler.steps_per_epoch},
             )
             stop_now = metrics.pop("stop_requested")
@@ -150,23 +173,24 @@ def train(config: RunConfig) -> TrainResult:
                 stopped = True
                 break
     finally:
+        batches.close()
         progress.close()
         writer.close()
     return TrainResult(metrics, step, total_steps, stopped)
 
 
-def dpo_step(engine, reference, data: TokenizedSet, micro_batches: list[list[int]], collate, train_cfg: TrainConfig,
-             env: DistEnv, accumulator: StepAccumulator) -> None:
+def dpo_step(engine, reference, micro_batches: list[MicroBatch], train_cfg: TrainConfig, env: DistEnv,
+             accumulator: StepAccumulator) -> None:
     """One DPO optimizer step: this rank's micro-batches, each a mean over its pairs (DeepSpeed then averages the
     micro-batches and ranks; all hold the same number of pairs, so that is the global batch's mean)."""
-    for rows in micro_batches:
-        micro_step(engine, reference, [data.pairs[i] for i in rows], rows, collate, train_cfg, env, accumulator)
+    for micro_batch in micro_batches:
+        micro_step(engine, reference, micro_batch, train_cfg, env, accumulator)
 
 
-def micro_step(engine, reference, pairs: list[EncodedPair], rows: list[int], collate, train_cfg: TrainConfig,
-               env: DistEnv, accumulator: StepAccumulator) -> None:
+def micro_step(engine, reference, micro_batch: MicroBatch, train_cfg: TrainConfig, env: DistEnv,
+               accumulator: StepAccumulator) -> None:
     """Forward chosen+rejected in one pass, the reference's log-probs, the loss, backward; sums into `accumulator`."""
-    batch = collate(pairs)
+    rows, pairs, batch = micro_batch.rows, micro_batch.examples, micro_batch.batch
     # IPO regresses length-averaged log-ratios (Azar et al. 2023, as TRL computes it); the other losses use sums.
     average = train_cfg.loss_type == "ipo"
     policy_logps = forward_logps(engine, batch, 2 * len(rows), env.device, average=average)
@@ -180,12 +204,12 @@ def micro_step(engine, reference, pairs: list[EncodedPair], rows: list[int], col
     engine.step()  # steps optimizer and scheduler only at the accumulation boundary
     accumulator.add_batch(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected,
                           [p.system for p in pairs])
-    accumulator.add("tokens/real", sum(sum(p.lengths()) for p in pairs))
+    accumulator.add("tokens/real", sum(micro_batch.sequence_lengths()))
     accumulator.add("tokens/slots", batch["input_ids"].numel())
 
 
-def sft_step(engine, reference, data: TokenizedSet, micro_batches: list[list[int]], collate, train_cfg: TrainConfig,
-             env: DistEnv, accumulator: SftStepAccumulator) -> None:
+def sft_step(engine, reference, micro_batches: list[MicroBatch], train_cfg: TrainConfig, env: DistEnv,
+             accumulator: SftStepAccumulator) -> None:
     """One SFT optimizer step, token-weighted exactly: the gradient is that of the mean NLL per response token of the
     whole global batch, whatever its split into micro-batches, accumulation steps and ranks.
 
@@ -194,26 +218,25 @@ def sft_step(engine, reference, data: TokenizedSet, micro_batches: list[list[int
     depend on the split. Instead the step's response tokens are counted first (from the collated labels; one small
     all-reduce over the ranks) and every micro-batch's summed NLL is divided by that total (as HF Trainer's
     `num_items_in_batch`). `reference` is None: SFT has none."""
-    examples = [[data.pairs[i] for i in rows] for rows in micro_batches]
-    batches = [collate(micro_batch) for micro_batch in examples]  # CPU tensors: one step's worth
-    counts = [batch_token_counts(batch, len(ex)) for batch, ex in zip(batches, examples, strict=True)]
+    counts = [batch_token_counts(mb.batch, len(mb.examples)) for mb in micro_batches]
     local_tokens = sum(int(count.sum()) for count in counts)
     step_tokens = all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64)).item()
-    for batch, micro_batch in zip(batches, examples, strict=True):
-        sft_micro_step(engine, batch, micro_batch, step_tokens, env, accumulator)
+    for micro_batch, count in zip(micro_batches, counts, strict=True):
+        sft_micro_step(engine, micro_batch, count, step_tokens, env, accumulator)
 
 
-def sft_micro_step(engine, batch: dict[str, torch.Tensor], examples: list[EncodedPair], step_tokens: float,
-                   env: DistEnv, accumulator: SftStepAccumulator) -> None:
+def sft_micro_step(engine, micro_batch: MicroBatch, token_counts: torch.Tensor, step_tokens: float, env: DistEnv,
+                   accumulator: SftStepAccumulator) -> None:
     """Forward the responses of one collated micro-batch, its share of the step's token-mean NLL, backward; sums
     into `accumulator`."""
-    logps = forward_logps(engine, batch, len(examples), env.device)
+    batch = micro_batch.batch
+    logps = forward_logps(engine, batch, len(micro_batch.examples), env.device)
     # The loss is already this micro-batch's share of the step's mean: DeepSpeed must not divide it by the
     # accumulation steps (scale_wrt_gas=False), and its averaging of gradients over the ranks is undone by world_size.
     engine.backward(sft_loss(logps.float(), step_tokens) * env.world_size, scale_wrt_gas=False)
     engine.step()  # steps optimizer and scheduler only at the accumulation boundary
-    accumulator.add_sft_batch(logps, batch_token_counts(batch, len(examples)))
-    accumulator.add("tokens/real", sum(sum(p.lengths()) for p in examples))
+    accumulator.add_sft_batch(logps, token_counts)
+    accumulator.add("tokens/real", sum(micro_batch.sequence_lengths()))
     accumulator.add("tokens/slots", batch["input_ids"].numel())
 
 

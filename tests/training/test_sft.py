@@ -171,7 +171,8 @@ def test_sft_lowers_the_loss_without_a_reference(sft_run):
     last = sum(row["loss"] for row in metrics[-3:]) / 3
     assert last < metrics[0]["loss"] - 1.0, [round(row["loss"], 3) for row in metrics]
     assert set(metrics[-1]) == {"step", "loss", "grad_norm", "lr", "tokens/s", "tokens/real", "padding_ratio",
-                                "peak_memory_gib", "step_time_s", "epoch"}  # no rewards/*, no logps/*
+                                "peak_memory_gib", "step_time_s", "epoch", "perf/model_tflops",
+                                "perf/flops_utilization"}  # no rewards/*, no logps/*
     # No reference model at all: never built, never precomputed.
     assert "reference engine" not in log and "reference log-probs" not in log, log[-3000:]
     assert not (run / "reference_logps.safetensors").exists()
@@ -185,6 +186,7 @@ def test_sft_run_folder_checkpoints_and_identity(sft_run, tiny_model_config, pre
     run = sft_run["run"]
     identity = json.loads((run / "run.json").read_text())
     assert identity["identity"]["train"]["objective"] == "sft"
+    assert identity["identity"]["train"]["zero_stage"] == 1  # train.zero_stage=auto on one process
     assert identity["identity"]["train"]["sft_responses"] == "both"
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")) == [
         "step-00000010", "step-00000020"]
