@@ -36,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -111,7 +112,8 @@ def build_model(args, work: Path) -> dict:
         "hidden_size": config["hidden_size"],
         "intermediate_size": config["intermediate_size"], "layers": config["num_hidden_layers"],
         "heads": config["num_attention_heads"], "kv_heads": config["num_key_value_heads"],
-        "vocab_size": config["vocab_size"], "dtype": "float32", "attention": "sdpa",
+        "vocab_size": config["vocab_size"], "dtype": "float32" if args.device == "cpu" else "bfloat16",
+        "attention": "cst: auto (varlen for packed batches); TRL: sdpa",
     }
 
 
@@ -231,7 +233,9 @@ def trl_worker(spec: dict) -> dict:
     rows = [json.loads(line) for line in open(spec["rows"], encoding="utf-8") if line.strip()]
     dataset = Dataset.from_list(rows)
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, attn_implementation="sdpa")
+    cuda = spec["device"] == "cuda"
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 attn_implementation="sdpa")
     shape = model_shape(model.config)  # the same model FLOPs (cst_dist.flops) as the cst trainer logs
     transformers.logging.set_verbosity_error()
     args = DPOConfig(
@@ -249,8 +253,8 @@ def trl_worker(spec: dict) -> dict:
         max_length=spec["max_length"],
         precompute_ref_log_probs=spec["precompute"],
         gradient_checkpointing=False,  # DPOConfig defaults to True; cst-dist's default is off
-        bf16=False,  # DPOConfig defaults to True; both sides run fp32 on CPU
-        use_cpu=True,
+        bf16=cuda,  # both sides: fp32 on CPU, bf16 on GPU
+        use_cpu=not cuda,
         report_to="none",
         save_strategy="no",
         eval_strategy="no",
@@ -309,6 +313,8 @@ def trl_worker(spec: dict) -> dict:
         previous = entry.pop("t_end")
     return {
         "init_s": init_s, "train_s": train_s, "precompute_s": record["precompute_s"],
+        "peak_memory_gib": (torch.cuda.max_memory_allocated() if cuda
+                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
         "rows_after_trl_filter": len(trainer.train_dataset), "steps": steps, "losses": losses,
         "optimizer": str(args.optim), "torch_threads": torch.get_num_threads(),
         "padding": "right-padded to the longest of the micro-batch's 2B sequences (DataCollatorForPreference, "
@@ -360,8 +366,9 @@ def child_env(args, work: Path) -> dict:
         OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
         TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
         HF_DATASETS_CACHE=str(work / "hf_datasets_cache"), TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
-        CUDA_VISIBLE_DEVICES="",
     )
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     env.pop("RANK", None)  # a single process: cst makes its own world of one
     return env
 
@@ -389,7 +396,8 @@ def run_worker(kind: str, spec: dict, env: dict, work: Path, label: str) -> dict
 def cst_overrides(args, work: Path, model_path: str, data_dir: str, run_dir: Path, **extra) -> list[str]:
     """The `cst train` overrides that match the TRL settings; --cst-override items come last (they win)."""
     values = {
-        "run_dir": str(run_dir), "model.path": model_path, "model.dtype": "float32",
+        "run_dir": str(run_dir), "model.path": model_path,
+        "model.dtype": "float32" if args.device == "cpu" else "bfloat16",
         "model.attn_implementation": "auto", "train.data": data_dir,
         "data.max_length": args.max_length, "data.max_prompt_length": args.max_prompt_length,
         "data.packing": "true", "train.reference": "precomputed", "train.max_steps": args.steps,
@@ -434,6 +442,7 @@ def run_cst(args, work: Path, env: dict, model_path: str, data_dir: str, name: s
         wall = stamps[step] - stamps[step - 1] if step in stamps and step - 1 in stamps else None
         flops = entry["perf/model_tflops"] * 1e12 * entry["step_time_s"]  # the trainer's count (cst_dist.flops)
         steps.append({"step": step, "real": real, "slots": round(slots), "step_time_s": entry["step_time_s"],
+                      "peak_memory_gib": entry["peak_memory_gib"],
                       "wall_s": wall, "loss": entry["loss"], "flops": flops,
                       "flops_utilization_logged": entry["perf/flops_utilization"]})
     return {"process_s": process_s, "steps": steps, "losses": [s["loss"] for s in steps],
@@ -465,6 +474,8 @@ def summarise(result: dict, warmup: int, steps: int, wall_key: str = "wall_s") -
         "median_step_time_s": median_step, "median_real_tokens_per_s": median_rate,
         "step_walls_s": walls,
         "model_flops_per_s": sum(s.get("flops", 0.0) for s in measured) / wall if wall else float("nan"),
+        "peak_memory_gib": max((s.get("peak_memory_gib") or 0.0 for s in measured), default=None)
+        or result.get("peak_memory_gib"),
         # A step over twice the variant's fastest: usually other work on the CPUs (oversubscribed OpenMP threads), not
         # the trainer (the fastest, not the median: contention can last for most of a variant's steps).
         "unsteady_steps": sum(w > 2 * min(walls) for w in walls) if walls else 0,
@@ -558,7 +569,7 @@ def report_from_json(path: Path, warmup: int | None) -> int:
 
 def format_table(rows: list[dict]) -> str:
     header = ["variant", "real tokens/s (median)", "min - max", "padding %", "median step s", "model TFLOP/s",
-              "share of matmul peak", "vs TRL default", "vs TRL best", "one-time ref precompute s"]
+              "share of matmul peak", "vs TRL default", "vs TRL best", "one-time ref precompute s", "peak memory GiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
     def ratio(value):
@@ -572,19 +583,20 @@ def format_table(rows: list[dict]) -> str:
             f"{row['median_model_tflops']:.3f}", f"{100 * row['flops_utilization']:.0f}%",
             ratio(row["speedup_vs_trl"]), ratio(row["speedup_vs_trl-precomputed"]),
             f"{row['precompute_s']:.1f}" if row.get("precompute_s") is not None else "-",
+            f"{row['peak_memory_gib']:.2f}" if row.get("peak_memory_gib") else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def measure_peak(threads: int) -> float:
+def measure_peak(threads: int, device: str) -> float:
     """The machine's fp32 (CPU) / bf16 (GPU) matrix-product peak with the variants' thread count."""
     import torch
 
     from cst_dist.flops import matmul_peak_flops
 
     torch.set_num_threads(threads)
-    return matmul_peak_flops("cpu")
+    return matmul_peak_flops(device)
 
 
 def levers_worker(spec: dict) -> dict:
@@ -601,8 +613,9 @@ def levers_worker(spec: dict) -> dict:
 
     config = load_config("tiny-cpu", spec["overrides"])
     tokenizer = load_tokenizer(config.model)
-    model_spec = resolve_model(config.model, "cpu", packed=True)
-    model = load_model(model_spec)
+    device = torch.device(spec["device"])
+    model_spec = resolve_model(config.model, device, packed=True)
+    model = load_model(model_spec).to(device)
     data = load_tokenized_set(config.train_data_dir, config.data, tokenizer)
     collate = make_collator(config.data, tokenizer.pad_token_id, model_spec.attn_implementation)
     pairs = data.pairs[: spec["micro_batch"]]
@@ -616,7 +629,9 @@ def levers_worker(spec: dict) -> dict:
             logprobs._takes_logits_to_keep = keep
             model.zero_grad(set_to_none=True)
             started = time.perf_counter()
-            logprobs.forward_logps(model, batch, 2 * len(pairs), torch.device("cpu")).sum().backward()
+            logprobs.forward_logps(model, batch, 2 * len(pairs), device).sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             if repetition:  # the first repetition warms up
                 timings[key].append(time.perf_counter() - started)
         if repetition:
@@ -666,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows sampled from the CST set (default: global batch x steps: every variant trains "
                              "exactly one epoch over the same rows, and the reference precompute stays small)")
     parser.add_argument("--released", default=str(DEFAULT_RELEASED), help="the paper's released multitask JSON")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: one GPU, bf16 on both sides, peak = the measured bf16 matmul peak (so the share "
+                             "is MFU); see benchmarks/gpu_throughput.sh")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and OMP_NUM_THREADS for every variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
@@ -729,8 +747,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[prepare] NOTE: {data['note']}", flush=True)
 
     accumulation = args.global_batch // args.micro_batch
-    peaks = [measure_peak(args.threads)]
-    print(f"[prepare] fp32 matrix-product peak {peaks[0] / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
+    peaks = [measure_peak(args.threads, args.device)]
+    precision = "fp32" if args.device == "cpu" else "bf16"
+    print(f"[prepare] {precision} matrix-product peak {peaks[0] / 1e9:.1f} GFLOP/s on {args.device}", flush=True)
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
     precompute = None
     for repetition in range(args.repeats):
@@ -744,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                     "steps": args.steps, "learning_rate": args.learning_rate, "beta": args.beta,
                     "max_length": args.max_length,
                     "max_prompt_length": None if args.no_trl_prompt_cut else args.max_prompt_length,
-                    "precompute": variant == "trl-precomputed", "seed": args.seed,
+                    "precompute": variant == "trl-precomputed", "seed": args.seed, "device": args.device,
                 }
                 result = run_worker("trl", spec, env, work, label)
                 if variant != "trl-precomputed":
@@ -767,12 +786,12 @@ def main(argv: list[str] | None = None) -> int:
             if summary["unsteady_steps"]:
                 print(f"[{label}] WARNING: {summary['unsteady_steps']} of {summary['measured_steps']} measured steps "
                       "took over twice its fastest step: other work on the machine?", flush=True)
-    peaks.append(measure_peak(args.threads))
+    peaks.append(measure_peak(args.threads, args.device))
     peak_flops = max(peaks)
     levers = None
     if any(v.startswith("cst") for v in variants):
         overrides = cst_overrides(args, work, model["path"], data["preference_dir"], work / "run-levers")
-        levers = run_worker("levers", {"overrides": overrides, "threads": args.threads,
+        levers = run_worker("levers", {"overrides": overrides, "threads": args.threads, "device": args.device,
                                        "micro_batch": args.micro_batch, "repeats": max(args.repeats, 3)},
                             env, work, "levers")
         print(f"[levers] LM head at response positions only: forward+backward {levers['response_logits_s']:.3f}s "
@@ -796,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
           "warm-up, over their wall time; the median repetition, and the range over all.")
     print(f"model TFLOP/s: 6N per policy token, 2N per live-reference token, plus causal attention (cst_dist.flops; "
           f"N = {model['matmul_parameters']:,} matmul parameters), over the same wall time; share of the machine's "
-          f"fp32 matrix-product peak, {peak_flops / 1e9:.1f} GFLOP/s, measured before and after the variants.")
+          f"{precision} matrix-product peak, {peak_flops / 1e9:.1f} GFLOP/s, measured before and after the variants "
+          "(on a GPU this share is the MFU).")
     print(f"speed-ups compare medians; total run {total_s:.0f}s; load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
 

