@@ -47,12 +47,14 @@ def varlen_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
                           window_size=(-1, 0), enable_gqa=gqa)
     else:
         bounds = cu_seq_lens_q.tolist()  # a CPU tensor: no device sync
+        # [1, H, B*T, D] slices: 4-D inputs take SDPA's fused CPU kernel (3-D ones its slower math path)
+        q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
         parts = [
-            F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
-                                           is_causal=True, scale=scaling, enable_gqa=gqa).transpose(0, 1)
+            F.scaled_dot_product_attention(q4[:, :, a:b], k4[:, :, a:b], v4[:, :, a:b], is_causal=True, scale=scaling,
+                                           enable_gqa=gqa)
             for a, b in zip(bounds, bounds[1:], strict=False) if b > a
         ]
-        out = torch.cat(parts)
+        out = torch.cat(parts, dim=2)[0].transpose(0, 1)
     return out.reshape(batch, tokens, heads, dim), None
 
 
