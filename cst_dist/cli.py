@@ -129,6 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     judge.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.judge.kind=keyword")
     judge.add_argument("--input", required=True, help="JSONL/JSON/Parquet rows with prompt, answer (id, system)")
     judge.add_argument("--output", required=True, help="JSONL to write (never the input file)")
+    from cst_dist.bench.cli import add_bench_parser
+
+    add_bench_parser(commands)
     return parser.parse_args(argv)
 
 
@@ -148,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             from cst_dist.training.export import export_checkpoint
 
             print(f"exported to {export_checkpoint(args.run_dir, args.tag, args.dtype, args.output, args.overwrite)}")
+            return 0
+        if args.stage == "bench":
+            from cst_dist.bench.cli import run_bench
+
+            run_bench(args)
             return 0
         # The config is only read here; each stage records it in its own outputs once it has started.
         config = load_config(args.config, args.overrides)

@@ -1,0 +1,1 @@
+"""`cst bench ...`: the memory and time planner (plan.py)."""
