@@ -27,10 +27,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cst_dist.config import ConfigError, RunConfig, resolve_preset
 from cst_dist.errors import UserError
-from cst_dist.flops import ModelShape, model_shape
+
+if TYPE_CHECKING:  # torch loads only when a plan is made: `cst --help` and the other commands stay light
+    from cst_dist.flops import ModelShape
 
 GIB = 2**30
 H100_BF16_PEAK = 989e12  # H100 SXM dense bf16, FLOP/s (NVIDIA's data sheet)
@@ -74,6 +77,8 @@ def load_architecture(config: RunConfig, config_name: str, architecture: str | N
 def architecture_from_file(path: Path) -> Architecture:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from cst_dist.flops import model_shape
 
     try:
         values = json.loads(path.read_text())
