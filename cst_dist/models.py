@@ -122,6 +122,9 @@ def ensure_model(config: ModelConfig) -> Path:
         except (OSError, UserError):
             if not (path / "config.json").is_file():  # not another rank that finished the same build first
                 raise
+    if not (path / "config.json").is_file() and config.import_from:
+        raise ModelLoadError(f"model folder {str(path)!r} (model.path) does not exist yet; import it first: "
+                             f"cst import-model {config.import_from} --output {path}")
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model folder {str(path)!r} (model.path) does not exist or has no config.json; point model.path at a "

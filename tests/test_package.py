@@ -46,6 +46,7 @@ def test_wheel_installs_and_runs_the_tiny_preset_outside_the_repo(tmp_path, rele
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"cst_dist/configs/tiny-cpu.yaml", "cst_dist/configs/mistral-7b.yaml", "cst_dist/configs/solar-10.7b.yaml",
+            "cst_dist/configs/smollm2-135m-cpu.yaml",
             "cst_dist/ds_configs/zero3_policy.json", "cst_dist/ds_configs/zero3_reference_offload.json",
             "cst_dist/assets/advbench_cst_split.csv"} <= names
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from cst_dist.evaluation.benchmarks.tasks import TASKS
 from cst_dist.evaluation.scores import S0, S1, wilson_interval
+from cst_dist.evaluation.self_critique import render_yield
 from cst_dist.io import atomic_file, write_json_atomic, write_text_atomic
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
@@ -178,8 +179,16 @@ def render_table(report: dict[str, Any]) -> str:
     """The main Table I-style table(s), one per judge, and Table III when there are benchmarks, as markdown (what
     `cst eval` prints)."""
     text = safety_tables(report)
+    if report.get("preference"):
+        text += ("\n\nPreference accuracy on held-out pairs (share ranked as the system prompt asks; n per cell in "
+                 "report.md)\n\n" + preference_summary(report["preference"]))
+    if report.get("self_critique"):
+        text += "\n\n" + render_yield(report["self_critique"])
     if report.get("benchmarks"):
+        sources = dict.fromkeys(f"{e['task']} = {e['source']} (n={e['n']})" for e in report["benchmarks"]
+                                if e.get("source"))
         text += "\n\nGeneral benchmarks (lm-evaluation-harness conventions)\n\n" + benchmark_table(report["benchmarks"])
+        text += "\n\nScored files: " + "; ".join(sources) if sources else ""
     return text
 
 
@@ -202,6 +211,18 @@ def _all_rows_table(entries: list[Entry]) -> str:
     header = ["model", "step", "judge", "condition", "system prompt", "n", "safe", "unsafe", "unparsed", "score",
               "95% CI"]
     return _table(header, rows)
+
+
+def preference_summary(entries: list[Entry]) -> str:
+    """One row per model (and step), one column per system prompt (harmless pairs) or pooled task."""
+    column = lambda e: prompt_label(e["system_prompt"], 24) if e.get("system_prompt") else e.get("task") or "-"  # noqa: E731
+    columns = list(dict.fromkeys(column(e) for e in entries))
+    rows = {}
+    for e in entries:
+        cells = rows.setdefault((e["model"], "-" if e["step"] is None else e["step"]), {})
+        cells[column(e)] = "n/a" if e["accuracy"] is None else f"{e['accuracy']:.2f}"
+    return _table(["model", "step", *columns],
+                  [[model, step, *(cells.get(c, "-") for c in columns)] for (model, step), cells in rows.items()])
 
 
 def _preference_table(entries: list[Entry]) -> str:
@@ -303,6 +324,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["", "## Preference accuracy", "",
                   "Share of held-out pairs whose implicit DPO reward ranks chosen above rejected "
                   "(policy vs reference log-probs; ties count as wrong).", "", _preference_table(report["preference"])]
+    if report.get("self_critique"):
+        parts += ["", "## Self-critique yield of `cst generate`", "", render_yield(report["self_critique"])]
     parts += _benchmarks_section(report)
     if report["judge"]:
         parts += ["", "## Judge", "", "```json", _json_block(report["judge"]), "```"]

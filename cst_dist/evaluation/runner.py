@@ -25,6 +25,7 @@ from cst_dist.evaluation.preference import preference_accuracy, preference_rows
 from cst_dist.evaluation.report import make_report, render_table, write_report
 from cst_dist.evaluation.safety import generate_answers, safety_items
 from cst_dist.evaluation.scores import load_labelled, score_labelled, score_safety
+from cst_dist.evaluation.self_critique import self_critique_yield
 from cst_dist.evaluation.targets import EvalTarget, resolve_targets
 from cst_dist.farm.cluster import FarmSettings
 from cst_dist.farm.pool import ShardDone
@@ -69,6 +70,9 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
                                  folder / target.key / "benchmarks", on_shard_done)
             benchmarks += benchmark_entries(suite, scored.rows, target.name, target.step)
     report = make_report(safety, preference_view(config, targets), judge_info(judge), benchmarks, suite.skipped)
+    if eval_cfg.pairs:
+        log.info("judging the y0 and y1 of %s (self-critique yield)", eval_cfg.pairs)
+        report["self_critique"] = self_critique_yield(Path(eval_cfg.pairs), judge)
     return _finish(folder, report, generation)
 
 

@@ -211,7 +211,7 @@ def score_items(model_config: ModelConfig, items: list[ScoringItem], cfg: Benchm
 def benchmark_entries(suite: BenchmarkSuite, rows: list[dict[str, Any]], model: str, step: int | None
                       ) -> list[dict[str, Any]]:
     """Report entries {"model", "step", "task", "metric", "value", "stderr", "n", "num_fewshot", "system_prompt",
-    "chat_template"}: per task, per system prompt, per metric."""
+    "chat_template", "source" (the scored file)}: per task, per system prompt, per metric."""
     by_id = {row["id"]: row for row in rows}
     entries = []
     for loaded in suite.tasks:
@@ -222,6 +222,7 @@ def benchmark_entries(suite: BenchmarkSuite, rows: list[dict[str, Any]], model: 
             for result in task_metrics(loaded.task, loaded.docs, [row["loglikelihoods"] for row in scored]):
                 entries.append({"model": model, "step": step, "task": loaded.task, **result,
                                 "num_fewshot": loaded.num_fewshot, "system_prompt": system,
+                                "source": loaded.docs[0].source,
                                 "chat_template": suite.chat_template})
         if truncated:
             log.warning("%s of %s: %d prompts were cut from the left to fit the model's context", loaded.task, model,
