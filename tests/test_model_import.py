@@ -141,3 +141,18 @@ def test_missing_gguf_package_is_named(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "the `gguf` package is not installed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_pipeline_imports_once_then_finds_it_complete(gguf_file, tmp_path, capsys):
+    args = ["pipeline", "smollm2-135m-cpu", f"run_dir={tmp_path / 'run'}", f"model.path={tmp_path / 'model'}",
+            "pipeline.stages=[import]", "pipeline.arms={}"]
+    assert main(args) == 0
+    assert "import: running" in capsys.readouterr().out
+    assert json.loads((tmp_path / "model" / IMPORT_MARKER).read_text())["source_sha256"] == file_sha256(gguf_file)
+    assert main(args) == 0
+    assert "import: complete, skipped" in capsys.readouterr().out
+
+
+def test_pipeline_import_stage_needs_a_source(tmp_path, capsys):
+    assert main(["pipeline", "tiny-cpu", f"run_dir={tmp_path / 'run'}", "pipeline.stages=[import]"]) == 2
+    assert "model.import_from is not set" in capsys.readouterr().err
