@@ -136,7 +136,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from cst_dist.bench.cli import add_bench_parser
 
     add_bench_parser(commands)
-    return parser.parse_args(argv)
+    # Options may come anywhere, as in other argparse CLIs: overrides after an option are left over by argparse
+    # (a positional list ends at the first option), so they are appended here.
+    args, extra = parser.parse_known_args(argv)
+    misplaced = [arg for arg in extra if arg.startswith("-") or "=" not in arg or not hasattr(args, "overrides")]
+    if misplaced:
+        parser.error(f"unrecognized arguments: {' '.join(misplaced)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def one_line(error: BaseException) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from cst_dist.config import ConfigError, RunConfig, apply_override, dump_config
 from cst_dist.io import check_writable_dir, write_text_atomic
 from cst_dist.model_import import IMPORT_MARKER
-from cst_dist.run_layout import RunLayout
+from cst_dist.run_layout import EXPORT_MARKER, RunLayout
 from cst_dist.stage_process import export_args, run_cst
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ def stage_complete(run: StageRun) -> bool:
     if run.stage == "import":
         return (Path(run.config.model.path) / IMPORT_MARKER).is_file()
     layout = RunLayout.of(run.config)
-    if run.stage == "sft":
-        return layout.stage_complete("train") and layout.stage_complete("export")
+    if run.stage == "sft":  # the base is exported under `latest` (export_latest), not under its checkpoint's tag
+        return layout.stage_complete("train") and (layout.export("latest") / EXPORT_MARKER).is_file()
     return layout.stage_complete(run.stage)
 
 

@@ -67,3 +67,18 @@ def test_keys_added_later_keep_older_run_identities():
     dpo, sft = load_config("tiny-cpu"), load_config("tiny-cpu", ["train.objective=sft"])
     assert "objective" not in training_identity(dpo, "data")["train"]  # a pre-sft run's identity is unchanged
     assert identity_hash(training_identity(dpo, "data")) != identity_hash(training_identity(sft, "data"))
+
+
+def test_overrides_may_follow_options():
+    from cst_dist.cli import parse_args
+
+    args = parse_args(["judge", "tiny-cpu", "--input", "a.jsonl", "eval.judge.kind=keyword", "--output", "b.jsonl",
+                       "eval.max_prompts=2"])
+    assert (args.input, args.output) == ("a.jsonl", "b.jsonl")
+    assert args.overrides == ["eval.judge.kind=keyword", "eval.max_prompts=2"]
+    args = parse_args(["pipeline", "tiny-cpu", "--from", "train", "train.beta=0.2"])
+    assert args.from_stage == "train" and args.overrides == ["train.beta=0.2"]
+    with pytest.raises(SystemExit):
+        parse_args(["judge", "tiny-cpu", "--input", "a", "--output", "b", "--no-such-option"])
+    with pytest.raises(SystemExit):  # export takes no overrides
+        parse_args(["export", "runs/x", "--tag", "t", "train.beta=0.2"])

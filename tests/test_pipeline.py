@@ -72,3 +72,19 @@ def test_bad_settings_fail_before_any_stage(tmp_path, tiny_model_config, release
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
     assert not (tmp_path / "run" / "pipeline.jsonl").exists()  # no stage started
+
+
+def test_a_trained_and_exported_sft_base_is_complete(tmp_path, tiny_model_config):
+    from cst_dist.config import load_config
+    from cst_dist.pipeline import StageRun, stage_complete
+
+    base = tmp_path / "run" / "base"
+    config = load_config("tiny-cpu", [f"run_dir={base}", f"model.path={tiny_model_config.path}"])
+    run = StageRun("sft", "base", config)
+    (base / "checkpoints" / "step-00000300").mkdir(parents=True)
+    (base / "checkpoints" / "step-00000300" / "complete.json").write_text('{"final": true}')
+    (base / "checkpoints" / "latest").write_text("step-00000300")
+    assert not stage_complete(run)  # trained, not exported yet
+    (base / "export" / "latest").mkdir(parents=True)
+    (base / "export" / "latest" / "export.json").write_text('{"stage": "export"}')
+    assert stage_complete(run)  # where export_latest puts it (an export under the tag's name is not required)
