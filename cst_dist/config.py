@@ -529,7 +529,12 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {key!r}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"override {key!r}: the value {raw!r} is not valid YAML ({problem}); quote it, e.g. "
+                          f"{key}='\"...\"'") from None
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -82,3 +82,11 @@ def test_overrides_may_follow_options():
         parse_args(["judge", "tiny-cpu", "--input", "a", "--output", "b", "--no-such-option"])
     with pytest.raises(SystemExit):  # export takes no overrides
         parse_args(["export", "runs/x", "--tag", "t", "train.beta=0.2"])
+
+
+def test_a_malformed_yaml_override_is_one_line(capsys):
+    from cst_dist.cli import main
+
+    assert main(["train", "tiny-cpu", "train.beta=[1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "override 'train.beta'" in error and "not valid YAML" in error

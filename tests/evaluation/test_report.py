@@ -110,8 +110,11 @@ def test_main_table_has_table_i_rows():
         ["SOLAR CST", "0.96 [0.81, 0.99] n=26", "0.92 [0.76, 0.98] n=26"],
     ]
     # The second judge's table: the run at its latest step, with a step column.
-    run = _table_rows(text, "model | step")
+    run = _table_rows(text, "model | step | S0")
     assert run == [["tiny run", "30", "0.65 [0.46, 0.81] n=26", "0.96 [0.81, 0.99] n=26"]]
+    # What `cst eval` and `cst pipeline` print holds every view: preference accuracy per system prompt too.
+    preference = _table_rows(text, "model | step | s1")
+    assert preference == [["tiny run", "30", "0.75", "0.50", "1.00"]]
 
 
 def test_markdown_has_every_row_preference_and_steps():
