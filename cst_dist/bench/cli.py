@@ -4,6 +4,7 @@ of the planner (cst_dist/bench/plan.py)."""
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cst_dist.bench.plan import (
     SELF_CRITIQUE_ROWS,
     TOKENS_PER_ROW,
     Inputs,
+    PlanError,
     format_plan,
     load_architecture,
     plan,
@@ -29,7 +31,9 @@ def add_bench_parser(commands) -> None:
     parser = actions.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP)
     parser.add_argument("config", help="YAML file or preset name (e.g. mistral-7b)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.micro_batch_size=2")
-    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32, 64], help="GPU counts (default 8 16 32 64)")
+    parser.add_argument("--gpus", type=int, nargs="+", default=None,
+                        help="GPU counts (default: those of 8 16 32 64 that divide the global batch, else its "
+                             "divisors up to 64)")
     parser.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80: H100-80GB)")
     parser.add_argument("--host-mem", type=float, default=1024.0, help="GiB of host memory per node (default 1024)")
     parser.add_argument("--gpus-per-node", type=int, default=8)
@@ -56,9 +60,37 @@ def add_bench_parser(commands) -> None:
     parser.add_argument("--json", dest="json_path", help="write the same figures as JSON")
 
 
+POSITIVE = ("gpu_mem", "host_mem", "gpus_per_node", "host_runtime_gib", "tokens_per_sequence", "tokens_per_row",
+            "peak_tflops")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Counts and sizes must be finite and positive, shares in (0, 1]: nonsense in gives nonsense out otherwise."""
+    named = {name: getattr(args, name) for name in POSITIVE if getattr(args, name) is not None}
+    named.update({"runtime_gib": args.runtime_gib} if args.runtime_gib is not None else {})
+    named.update({f"gpus[{i}]": n for i, n in enumerate(args.gpus or [])})
+    named.update({f"rows[{i}]": n for i, n in enumerate(args.rows)})
+    for name, value in named.items():
+        if not math.isfinite(value) or value < 0 or (value == 0 and name != "runtime_gib"):
+            raise PlanError(f"--{name.split('[')[0].replace('_', '-')} {value}: must be a finite positive number")
+    for name in ("mfu", "response_share"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise PlanError(f"--{name.replace('_', '-')} {value}: must be a share in (0, 1]")
+
+
+def default_gpu_counts(config) -> list[int]:
+    """8 16 32 64 where they divide the global batch at the configured micro-batch, else its divisors up to 64."""
+    per_step = config.train.global_batch_size // config.train.micro_batch_size
+    usual = [n for n in (8, 16, 32, 64) if per_step % n == 0]
+    return usual or [n for n in range(1, min(per_step, 64) + 1) if per_step % n == 0]
+
+
 def run_bench(args: argparse.Namespace) -> None:
+    check_numbers(args)
     config = load_config(args.config, args.overrides)
     arch = load_architecture(config, args.config, args.architecture)
+    args.gpus = args.gpus or default_gpu_counts(config)
     cpu = args.device == "cpu"
     inputs = Inputs(
         gpus=0, gpu_mem_gib=args.gpu_mem, host_mem_gib=args.host_mem, gpus_per_node=args.gpus_per_node,

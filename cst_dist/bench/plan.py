@@ -60,6 +60,8 @@ class Architecture:
 def load_architecture(config: RunConfig, config_name: str, architecture: str | None = None) -> Architecture:
     """The model's shape from `--architecture FILE`, else `model.path`/config.json, else the preset's vendored
     `<preset>.config.json`; it must describe a causal LM."""
+    if architecture and not Path(architecture).is_file():
+        raise PlanError(f"--architecture {architecture}: no such file (a model's config.json)")
     candidates = [Path(architecture)] if architecture else []
     candidates.append(Path(config.model.path) / "config.json")
     try:

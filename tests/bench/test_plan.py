@@ -77,6 +77,34 @@ def test_bad_input_is_one_clear_error(tmp_path):
     assert result.returncode != 0 and "is not divisible" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["--mfu", "0"], "--mfu 0.0: must be a share"),
+    (["--mfu", "inf"], "--mfu inf: must be a share"),
+    (["--gpus-per-node", "0"], "--gpus-per-node 0"),
+    (["--gpu-mem", "nan"], "--gpu-mem nan"),
+    (["--gpus", "-8"], "--gpus -8"),
+    (["--rows", "-1"], "--rows -1"),
+    (["--architecture", "/nowhere/config.json"], "--architecture /nowhere/config.json: no such file"),
+])
+def test_nonsense_numbers_and_missing_files_are_refused(flags, fragment, capsys):
+    from cst_dist.cli import main
+
+    assert main(["bench", "plan", "mistral-7b", *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and fragment in error, error
+
+
+def test_default_gpu_counts_divide_the_global_batch(capsys):
+    from cst_dist.cli import main
+
+    assert main(["bench", "plan", "mistral-7b"]) == 0  # global batch 8: 8 GPUs of the usual 8/16/32/64
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["8"]
+    assert main(["bench", "plan", "mistral-7b", "train.global_batch_size=6"]) == 0  # none of them: its divisors
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["1", "2", "3", "6"]
+
+
 def test_peak_estimate_within_25_percent_of_a_real_cpu_run(tmp_path, preference_dir):
     """A 23M-parameter model (hidden 512 x 8 layers), one process, fp32: `cst train`'s measured peak RSS against the
     plan of the same config (the process baseline, 0.59 GiB, is the planner's CPU default)."""
