@@ -356,6 +356,8 @@ class EvalConfig(StrictModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     preference: bool = Field(True, description="Also report preference accuracy on the build's held-out split.")
     preference_data: str | None = Field(None, description="Preference set folder; default: the run's preference set.")
+    preference_tasks: list[str] | None = Field(
+        None, description="Score only the held-out rows of these tasks (e.g. [harmless]: the CST view); null: all.")
     reference: str | None = Field(
         None, description="Reference model folder for preference accuracy; default: the run's model.path."
     )

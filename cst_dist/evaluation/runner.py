@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cst_dist.config import RunConfig
+from cst_dist.config import ConfigError, RunConfig
 from cst_dist.evaluation.benchmarks.run import benchmark_entries, load_suite, score_items
 from cst_dist.evaluation.judges import build_judge, judge_info
 from cst_dist.evaluation.preference import preference_accuracy, preference_rows
@@ -95,6 +95,11 @@ def preference_view(config: RunConfig, targets: list[EvalTarget]) -> list[dict[s
                     "eval.preference_data)", folder)
         return []
     rows = preference_rows(folder, config.eval.system_prompts)
+    tasks = config.eval.preference_tasks
+    if tasks is not None:
+        rows = [row for row in rows if row["task"] in tasks]
+        if not rows:
+            raise ConfigError(f"eval.preference_tasks={tasks}: the eval split of {folder} has no rows of these tasks")
     entries, memo = [], {}  # the shared reference is scored once for every target
     for target in targets:
         reference = target.reference_path or Path(config.eval.reference or config.model.path)
