@@ -159,7 +159,9 @@ def run_stage(run: StageRun, root: Path, nproc: int) -> None:
     config_file, log_file = root / "logs" / f"{name}.yaml", root / "logs" / f"{name}.log"
     write_text_atomic(config_file, dump_config(run.config))  # what the stage ran with, next to its log
     nproc = nproc if run.stage in ("train", "sft") else 1
-    code, last_line = run_cst(stage_args(run, config_file), log_file, nproc)
+    started = time.perf_counter()
+    show = lambda line: print(f"    {name} {time.perf_counter() - started:.0f} s: {line[-150:]}", flush=True)  # noqa: E731
+    code, last_line = run_cst(stage_args(run, config_file), log_file, nproc, on_progress=show)
     if code != 0:
         raise ConfigError(f"stage {name} failed (exit {code}): {last_line} (log: {log_file})")
     if run.stage == "sft":  # the arms train from the base's export, under a name that does not change with steps

@@ -7,10 +7,15 @@ the parent's process group, so they are taken out here, once.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # What torchrun / torch.distributed sets per rank (a child process is a new job, not a rank of the parent's).
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -39,18 +44,47 @@ def export_args(run_dir: str | os.PathLike, tag: str | None = None, output: str 
     return args + (["--overwrite"] if overwrite else [])
 
 
-def run_cst(args: list[str], log_file: str | os.PathLike | None = None, nproc: int = 1) -> tuple[int, str]:
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when the parent dies (kill -9 included), so a stage never
+    outlives its pipeline; SIGTERM is what the trainer saves a checkpoint on, and torchrun passes it to its ranks."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the child is on its own, as before
+        pass
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a log, progress bars included (tqdm redraws with carriage returns)."""
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_cst(args: list[str], log_file: str | os.PathLike | None = None, nproc: int = 1,
+            on_progress: Callable[[str], None] | None = None, progress_every_s: float = 30.0) -> tuple[int, str]:
     """Run `cst ARGS` to its end: (exit code, the last non-empty line of its output, for a one-line error).
 
-    With `log_file` the output goes there (and the last line is read back from it); otherwise it is captured.
+    With `log_file` (the pipeline's stages) the output goes there, the last line is read back from it and handed to
+    `on_progress` every `progress_every_s` seconds, and the child dies with this process (its parent has no threads
+    then: a pre-exec hook is unsafe beside threads). Without, the output is captured.
     """
     command = cst_command(args, nproc)
     if log_file is None:
         result = subprocess.run(command, capture_output=True, text=True, errors="replace", env=child_env())
-        output = result.stderr if result.stderr.strip() else result.stdout  # errors and logs go to stderr
-    else:
-        with open(log_file, "w") as handle:
-            result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env())
-        output = Path(log_file).read_text(errors="replace")
-    lines = [line for line in output.splitlines() if line.strip()]
-    return result.returncode, lines[-1] if lines else ""
+        return result.returncode, last_line(result.stderr if result.stderr.strip() else result.stdout)
+    with open(log_file, "w") as handle:
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+                                 preexec_fn=_die_with_parent)
+        while True:
+            try:
+                code = child.wait(timeout=progress_every_s)
+                break
+            except subprocess.TimeoutExpired:
+                if on_progress is not None:
+                    on_progress(last_line(_tail(Path(log_file))))
+    return code, last_line(Path(log_file).read_text(errors="replace"))
+
+
+def _tail(path: Path, size: int = 4096) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - size))
+        return handle.read().decode("utf-8", errors="replace")

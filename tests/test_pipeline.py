@@ -88,3 +88,45 @@ def test_a_trained_and_exported_sft_base_is_complete(tmp_path, tiny_model_config
     (base / "export" / "latest").mkdir(parents=True)
     (base / "export" / "latest" / "export.json").write_text('{"stage": "export"}')
     assert stage_complete(run)  # where export_latest puts it (an export under the tag's name is not required)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if text.encode() in handle.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_killed_pipeline_takes_its_stage_with_it_and_shows_progress(tmp_path, tiny_model_config, released_json):
+    import threading
+
+    run_dir = tmp_path / "run"
+    args = [*pipeline_args(tmp_path, tiny_model_config, released_json), "pipeline.stages=[build,train]",
+            "train.max_steps=400", "train.reference=offload"]
+    env = {k: v for k, v in child_env().items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "cst_dist.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not any(line.startswith("    train ") for line in lines):
+            time.sleep(0.5)
+        progress = [line for line in lines if line.startswith("    train ")]
+        assert progress and " s: " in progress[0], lines  # the stage's own last log line, every 30 s
+        assert _processes_mentioning(str(run_dir))  # the trainer runs
+        os.kill(proc.pid, signal.SIGKILL)  # the pipeline alone, not its process group
+        deadline = time.time() + 120
+        while time.time() < deadline and _processes_mentioning(str(run_dir)):
+            time.sleep(0.5)
+        assert not _processes_mentioning(str(run_dir)), "the trainer outlived its pipeline"
+        # It got SIGTERM, the trainer's preemption signal: it saved a checkpoint before leaving.
+        assert (run_dir / "checkpoints" / "latest").is_file()
+    finally:
+        for pid in _processes_mentioning(str(run_dir)):
+            os.kill(pid, signal.SIGKILL)
