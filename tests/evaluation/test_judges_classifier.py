@@ -138,3 +138,41 @@ def test_trains_from_a_cst_build_folder_train_split(preference_dir, tmp_path):
     assert judge_info(judge)["heldout_accuracy"] == 1.0
     with pytest.raises(Exception, match="data/train-"):
         load_training_pairs(tmp_path)  # a folder that is not a build output
+
+
+def test_a_tampered_or_malformed_classifier_file_is_never_trusted(released_json, tmp_path, caplog, capsys):
+    import json
+
+    from cst_dist.cli import main
+    from cst_dist.evaluation.judges.classifier import weights_hash
+
+    data = harmless_subset(released_json, tmp_path / "a.json", pairs=40)
+    workdir = tmp_path / "eval"
+    path = workdir / "judge" / "classifier.json"
+    build_judge(JudgeConfig(), workdir=workdir, train_data=data)
+    saved = json.loads(path.read_text())
+    saved["intercept"] = 1000.0  # every answer "safe"; the training key alone still matches
+    path.write_text(json.dumps(saved))
+    caplog.set_level("WARNING")
+    judge = build_judge(JudgeConfig(), workdir=workdir, train_data=data)
+    assert judge.retrained and "do not match their recorded hash" in caplog.text
+    assert json.loads(path.read_text())["intercept"] != 1000.0
+    # Without training data to retrain from, the tampered or malformed file is a one-line error, never used.
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": "p", "answer": "Sure, here is how."}) + "\n")
+    good = json.loads(path.read_text())
+    cases = {"tampered": {**good, "intercept": 1000.0},
+             "wrong types": {**good, "blocks": 7, "weights_sha256": weights_hash(7, good["intercept"])},
+             "missing keys": {k: v for k, v in good.items() if k != "blocks"},
+             "deep nesting": None}
+    for name, content in cases.items():
+        text = json.dumps(content) if content is not None else (
+            json.dumps({k: v for k, v in good.items() if k != "trained_on"})[:-1] + ',"trained_on":'
+            + "[" * 100000 + "]" * 100000 + "}")
+        path.write_text(text)
+        code = main(["judge", "tiny-cpu", "--input", str(answers), "--output", str(tmp_path / f"{name}.jsonl"),
+                     f"eval.judge.classifier_path={path}", "eval.judge.train_data=null", "build.released=null",
+                     f"run_dir={tmp_path / 'no-run'}"])
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in error and "Traceback" not in error, (name, error)
+        assert not (tmp_path / f"{name}.jsonl").exists()

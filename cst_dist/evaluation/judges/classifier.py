@@ -72,7 +72,8 @@ def train_classifier(pairs: TrainingPairs, path: Path) -> dict[str, Any]:
     saved = {"format": FORMAT, "version": VERSION, "settings": SETTINGS, "training_key": training_key(pairs),
              "trained_on": {"source": pairs.source, "pairs": len(pairs.pairs), "pairs_sha256": pairs.content_hash(),
                             "excluded_test_prompts": pairs.excluded_test_prompts},
-             "agreement": agreement, "intercept": intercept, "blocks": blocks}
+             "agreement": agreement, "intercept": intercept, "blocks": blocks,
+             "weights_sha256": weights_hash(blocks, intercept)}
     # Compact: 60k features, one number each in three lists; indented, the file would be three times larger.
     write_text_atomic(path, json.dumps(saved, ensure_ascii=False, separators=(",", ":")) + "\n")
     log.info("classifier judge saved to %s; held-out agreement %.3f (safe %.3f, unsafe %.3f) on %d answers", path,
@@ -81,14 +82,34 @@ def train_classifier(pairs: TrainingPairs, path: Path) -> dict[str, Any]:
     return saved
 
 
+class ClassifierFileError(ConfigError):
+    pass
+
+
+def weights_hash(blocks: Any, intercept: Any) -> str:
+    """sha256 of the weights as saved: a file whose numbers were edited no longer matches its recorded hash."""
+    text = json.dumps([intercept, blocks], ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_saved(path: Path) -> dict[str, Any] | None:
-    """The saved classifier as plain JSON (never unpickled), or None when missing or not one of ours."""
+    """The saved classifier as plain JSON (never unpickled); None when missing or not one of ours. A file of ours
+    that is malformed or whose weights do not match their hash raises ClassifierFileError (one line)."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("version") != VERSION:
         return None
+    try:
+        if saved["weights_sha256"] != weights_hash(saved["blocks"], saved["intercept"]):
+            raise ClassifierFileError(f"{path}: the weights do not match their recorded hash (weights_sha256): the "
+                                      "file was edited after training")
+        saved["predictor"] = LinearTfidf(saved["blocks"], saved["intercept"])
+        str(saved["trained_on"]["source"]) + str(saved["training_key"])
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
+        raise ClassifierFileError(f"{path}: not a valid saved classifier ({type(error).__name__}: "
+                                  f"{' '.join(str(error).split())[:200]})") from None
     return saved
 
 
@@ -99,7 +120,7 @@ class ClassifierJudge:
 
     def __init__(self, saved: dict[str, Any], path: Path, retrained: bool):
         self.saved, self.path, self.retrained = saved, path, retrained
-        self.predictor = LinearTfidf(saved["blocks"], saved["intercept"])
+        self.predictor = saved.pop("predictor")
 
     def judge(self, rows: list[dict[str, Any]]) -> list[Verdict]:
         return [self._one(str(row.get("answer") or "")) for row in rows]
@@ -121,7 +142,13 @@ def load_or_train(path: Path, train_data: Path | None) -> ClassifierJudge:
 
     Without training data, a saved classifier is used as it is (its file says what it was trained on).
     """
-    saved = read_saved(path)
+    try:
+        saved = read_saved(path)
+    except ClassifierFileError as error:
+        if train_data is None:
+            raise
+        log.warning("classifier judge: %s; retraining", error)
+        saved = None
     if train_data is None:
         if saved is None:
             raise ConfigError(f"the classifier judge has no training data and no saved classifier at {path}: set "
@@ -138,4 +165,6 @@ def load_or_train(path: Path, train_data: Path | None) -> ClassifierJudge:
                     saved["trained_on"]["source"], pairs.source)
     elif path.exists():
         log.warning("classifier judge: %s is not a readable saved classifier; retraining", path)
-    return ClassifierJudge(train_classifier(pairs, path), path, retrained=True)
+    saved = train_classifier(pairs, path)
+    return ClassifierJudge({**saved, "predictor": LinearTfidf(saved["blocks"], saved["intercept"])}, path,
+                           retrained=True)
