@@ -265,6 +265,9 @@ class JudgeConfig(StrictModel):
     retry_backoff_s: float = Field(
         1.0, gt=0.0, description="First wait before a retry without Retry-After; doubles each retry (at most 60 s)."
     )
+    retry_budget_s: float = Field(
+        600.0, gt=0.0, description="All retry waits of a run together (Retry-After included, each at most 60 s); "
+        "past it the run stops with one line, keeping every verdict obtained.")
     cache: str | None = Field(None, description="Verdict cache (JSONL); default <eval output>/judge/cache.jsonl.")
 
 

@@ -163,13 +163,48 @@ def test_an_endpoint_that_stays_down_stops_with_one_line_and_keeps_the_verdicts(
         judge.judge(rows(6))
     message = str(error.value)
     assert "\n" not in message and flaky.base_url in message and "HTTP 503" in message
+    assert "3 of 6 verdicts are kept" in message  # this call's verdicts, not the cache file's size
     cache = tmp_path / "judge" / "cache.jsonl"
     assert len(cache.read_text().splitlines()) == 3  # every verdict that came back is kept
-    healthy = server_factory()
-    rerun = build_judge(config(healthy.base_url), workdir=tmp_path, train_data=None)
+    flaky.fail_after, before = None, len(flaky.log)  # the endpoint is back
+    rerun = build_judge(config(flaky.base_url), workdir=tmp_path, train_data=None)
     assert [v["safe"] for v in rerun.judge(rows(6))] == [i % 3 != 0 for i in range(6)]
-    assert len(healthy.log) == 3  # only what was missing
+    assert len(flaky.log) - before == 3  # only what was missing
+    # Another endpoint serving a model of the same name shares no verdict with this one.
+    other = server_factory()
+    build_judge(config(other.base_url), workdir=tmp_path, train_data=None).judge(rows(6))
+    assert len(other.log) == 6
     assert_no_secret(tmp_path, caplog.text, message)
+
+
+def test_retry_after_is_capped_and_counted_in_the_run_budget(server_factory, tmp_path):
+    server = server_factory(failures=[429] * 10)  # Retry-After: 1 each time
+    judge = build_judge(config(server.base_url, concurrency=1, max_retries=8, retry_budget_s=2.5),
+                        workdir=tmp_path, train_data=None)
+    start = time.monotonic()
+    with pytest.raises(UserError) as error:
+        judge.judge(rows(1))
+    assert time.monotonic() - start < 5 and judge.stats["retries"] == 2  # 1 s + 1 s; a third would pass 2.5 s
+    assert "retry_budget_s=2.5" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("key, base_url, fragment", [
+    (f"{SECRET}\r\nX-Injected: 1", None, f"${KEY_ENV} (eval.judge.api_key_env) holds characters"),
+    (SECRET, "notaurl", "eval.judge.base_url 'notaurl' is not an http(s) URL"),
+])
+def test_a_bad_key_or_url_is_one_line_and_never_shows_the_key(tmp_path, monkeypatch, capsys, key, base_url,
+                                                               fragment):
+    from cst_dist.cli import main
+
+    monkeypatch.setenv(KEY_ENV, key)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
+    code = main(["judge", "tiny-cpu", "--input", str(answers), "--output", str(tmp_path / "out.jsonl"),
+                 "eval.judge.kind=http", f"eval.judge.base_url={base_url or 'http://127.0.0.1:9/v1'}",
+                 "eval.judge.model_name=m", f"eval.judge.api_key_env={KEY_ENV}"])
+    captured = capsys.readouterr()
+    assert code == 2 and fragment in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert_no_secret(tmp_path, captured.out, captured.err)
 
 
 def test_an_unreachable_endpoint_fails_quickly_with_one_line(tmp_path, caplog):

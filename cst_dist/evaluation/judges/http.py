@@ -16,19 +16,20 @@ import logging
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from cst_dist.config import JudgeConfig
+from cst_dist.config import ConfigError, JudgeConfig
 from cst_dist.errors import UserError
 from cst_dist.evaluation.judges.base import Verdict, judge_messages, parse_reply, template_hash
 from cst_dist.evaluation.judges.cache import VerdictCache, cache_key
 
 log = logging.getLogger(__name__)
-MAX_WAIT_S = 300.0  # the longest Retry-After honoured (and the backoff's ceiling is 60 s)
+MAX_WAIT_S = 60.0  # the longest single wait, Retry-After included; eval.judge.retry_budget_s bounds their sum
 
 
 class JudgeEndpointError(UserError, RuntimeError):
@@ -56,10 +57,19 @@ def _retry_after(headers: Any) -> float | None:
 class HttpJudge:
     def __init__(self, config: JudgeConfig, cache_path: Path):
         self.config, self.base_url = config, str(config.base_url).rstrip("/")
+        parsed = urllib.parse.urlparse(self.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"eval.judge.base_url {self.base_url!r} is not an http(s) URL (e.g. "
+                              "http://localhost:8000/v1)")
         self.url = f"{self.base_url}/chat/completions"
         self.name = f"http:{config.model_name}"
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         self._api_key = key.strip() if key and key.strip() else None
+        if self._api_key is not None and not all(32 < ord(c) < 127 for c in self._api_key):
+            # An HTTP header cannot carry it, and http.client's error would quote the whole key.
+            raise ConfigError(f"${config.api_key_env} (eval.judge.api_key_env) holds characters an HTTP header "
+                              "cannot carry (a line break, a space or a non-ASCII character); fix the variable")
+        self._waited_s, self._keys = 0.0, []
         self._template_hash = template_hash(config.template)
         self.cache = VerdictCache(cache_path, self.name)
         self.stats: Counter = Counter()
@@ -67,8 +77,11 @@ class HttpJudge:
 
     def judge(self, rows: list[dict[str, Any]]) -> list[Verdict]:
         """Verdicts in row order; only rows (question, answer) the cache lacks are sent, each once."""
-        keys = [cache_key(str(self.config.model_name), self._template_hash, self.config.max_new_tokens, row["prompt"],
-                          row["answer"]) for row in rows]
+        # Two endpoints may serve different models under one name: the endpoint is part of a verdict's identity.
+        judge_id = f"{self.base_url} {self.config.model_name}"
+        keys = [cache_key(judge_id, self._template_hash, self.config.max_new_tokens, row["prompt"], row["answer"])
+                for row in rows]
+        self._keys = keys
         todo = {key: row for key, row in zip(keys, rows, strict=True) if self.cache.get(key) is None}
         self._count("cached", len(rows) - sum(key in todo for key in keys))
         if todo:
@@ -110,15 +123,28 @@ class HttpJudge:
             if attempt == retries:
                 break
             wait = failure.retry_after if failure.retry_after is not None else self.config.retry_backoff_s * 2**attempt
-            wait = min(wait, MAX_WAIT_S if failure.retry_after is not None else 60.0)
+            wait = min(wait, MAX_WAIT_S)
+            with self._lock:
+                over_budget = self._waited_s + wait > self.config.retry_budget_s
+                self._waited_s += 0.0 if over_budget else wait
+            if over_budget:
+                raise JudgeEndpointError(
+                    f"eval.judge.base_url {self.base_url}: retries would wait past eval.judge.retry_budget_s="
+                    f"{self.config.retry_budget_s:g} s (last: {failure.reason}); {self._kept()}")
             self._count("retries")
             log.info("%s: %s; retry %d/%d in %.1f s", self.name, failure.reason, attempt + 1, retries, wait)
             if self._stop.wait(wait):
                 raise _Stopped()
         raise JudgeEndpointError(
             f"eval.judge.base_url {self.base_url}: no answer after {retries + 1} tries (last: {failure.reason}); "
-            f"{len(self.cache)} verdicts are kept in {self.cache.path}, a rerun asks only for the rest"
+            f"{self._kept()}"
         )
+
+    def _kept(self) -> str:
+        """How many of this call's verdicts the cache holds (not the cache's size: it may hold other runs')."""
+        kept = sum(self.cache.get(key) is not None for key in set(self._keys))
+        return (f"{kept} of {len(set(self._keys))} verdicts are kept in {self.cache.path}, a rerun asks only for "
+                "the rest")
 
     def _send(self, body: bytes) -> str:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
