@@ -585,7 +585,9 @@ def run_root(run_dir: str | os.PathLike, stored_run_dir: str) -> Path:
     relative path taken off its end (`/x/runs/a` for `runs/a` gives `/x`). An absolute stored path: the current dir."""
     actual, stored = Path(run_dir).resolve(), Path(stored_run_dir)
     if stored.is_absolute() or not stored.parts:
-        return Path.cwd()
+        # The run's other relative paths (model.path, ...) are relative to where it was started: run.json says.
+        recorded = _json_object(actual / "run.json").get("workdir")
+        return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else Path.cwd()
     if actual.parts[-len(stored.parts):] == stored.parts:
         return Path(*actual.parts[: -len(stored.parts)])
     return actual.parent  # the run folder was renamed: its parent is the best guess
@@ -605,4 +607,14 @@ def load_run_config(config_file: str | os.PathLike, run_dir: str | os.PathLike) 
         value = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
         object.__setattr__(owner, key, value)
     object.__setattr__(config, "run_dir", str(Path(run_dir).resolve()))
+    # The run's model exists (it trained on it): a missing one is an error, never a new random tiny model.
+    object.__setattr__(config.model, "tiny", None)
     return config
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from cst_dist.config import load_config
 from cst_dist.models import resolve_model
+from cst_dist.stage_process import child_env
 from cst_dist.training.checkpoint import find_resume_checkpoint, load_checkpoint
 from cst_dist.training.data import BatchPlan
 from cst_dist.training.distributed import setup_distributed
@@ -60,3 +61,27 @@ def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, pre
     assert theirs.keys() == ours.keys()
     for name, tensor in ours.items():
         assert torch.equal(tensor, theirs[name]), name
+
+
+def test_export_from_another_directory_finds_the_runs_relative_model(tmp_path, tiny_model_config, preference_dir):
+    """An absolute run_dir with a model.path relative to where training started: export from elsewhere reads the
+    model there (run.json records the working directory), and a missing model is an error, never a rebuild."""
+    import shutil
+
+    work, elsewhere, run_dir = tmp_path / "work", tmp_path / "elsewhere", tmp_path / "run"
+    shutil.copytree(tiny_model_config.path, work / "models" / "tiny")
+    elsewhere.mkdir()
+    env = child_env()
+    train = subprocess.run([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *train_overrides(
+        "models/tiny", preference_dir, run_dir, **{"train.max_steps": 1})],  # model.tiny stays set
+        cwd=work, capture_output=True, text=True, env=env, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    export = [sys.executable, "-m", "cst_dist.cli", "export", str(run_dir), "--output", str(tmp_path / "out")]
+    done = subprocess.run(export, cwd=elsewhere, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "export.json").is_file() and not (elsewhere / "runs").exists()
+    shutil.rmtree(work / "models")
+    done = subprocess.run([*export[:-1], str(tmp_path / "out2")], cwd=elsewhere, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 2 and "does not exist" in done.stderr.strip().splitlines()[-1]
+    assert not (elsewhere / "runs").exists() and not (work / "models").exists()  # nothing was built anywhere
