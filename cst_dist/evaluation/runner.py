@@ -30,6 +30,7 @@ from cst_dist.evaluation.targets import EvalTarget, resolve_targets
 from cst_dist.farm.cluster import FarmSettings
 from cst_dist.farm.pool import ShardDone
 from cst_dist.io import check_writable_dir, write_jsonl_atomic
+from cst_dist.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class EvalResult:
 
 def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | None = None) -> EvalResult:
     eval_cfg = config.eval
+    refuse_other_stage_folder(config)
     folder = check_writable_dir(config.layout.eval, "eval.output")
     if eval_cfg.generations:  # labelled rows: scored as they are, no model and no judge (the paper's Table I)
         rows = load_labelled(eval_cfg.generations)  # rows name their model and step; else one model, the file's name
@@ -74,6 +76,22 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
         log.info("judging the y0 and y1 of %s (self-critique yield)", eval_cfg.pairs)
         report["self_critique"] = self_critique_yield(Path(eval_cfg.pairs), judge)
     return _finish(folder, report, generation)
+
+
+def refuse_other_stage_folder(config: RunConfig) -> None:
+    """eval.output must not sit inside what another stage owns: checkpoints, exports, pairs or the preference set
+    of this run or of a run it evaluates (a rotation or an overwrite there would take the report with it)."""
+    output = config.layout.eval.resolve()
+    runs = [Path(config.run_dir)] + [Path(value.partition(":")[0] if ":" in value and not Path(value).exists()
+                                          else value) for value in config.eval.models.values()]
+    for run in runs:
+        layout = RunLayout(run)
+        for stage, owned in (("train", layout.checkpoints), ("export", run / "export"), ("generate", layout.pairs),
+                             ("build", layout.preference)):
+            owned = owned.resolve()
+            if output == owned or owned in output.parents:
+                raise ConfigError(f"eval.output {config.layout.eval} is inside {owned}, which `cst {stage}` owns; "
+                                  "choose a folder of its own (default: <run_dir>/eval)")
 
 
 def judge_training_data(config: RunConfig) -> Path | None:

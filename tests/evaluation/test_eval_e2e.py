@@ -115,3 +115,16 @@ def test_bad_inputs_are_one_line_errors(tiny_model_config, two_models, tmp_path,
     assert "no complete checkpoint" in error_of(f"eval.models={{x: {empty_run}}}")
     assert "eval.judge.kind" in error_of("eval.judge.kind=oracle")
     shutil.rmtree(empty_run)
+
+
+@pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/step-00000002", "export/x", "preference", "pairs"])
+def test_eval_output_inside_another_stages_folder_is_refused(tmp_path, capsys, inside):
+    from cst_dist.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert main(["eval", "tiny-cpu", f"run_dir={run}", f"eval.output={run / inside}",
+                 "eval.judge.kind=keyword"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "which `cst " in error and "owns" in error
+    assert not (run / inside / "report.json").exists()
