@@ -3,6 +3,7 @@ zero_to_fp32.py consolidates the same checkpoint to the same weights."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -80,6 +81,10 @@ def test_export_from_another_directory_finds_the_runs_relative_model(tmp_path, t
     done = subprocess.run(export, cwd=elsewhere, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "export.json").is_file() and not (elsewhere / "runs").exists()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for weights in (tmp_path / "out" / "model.safetensors", work / "models" / "tiny" / "model.safetensors"):
+        assert weights.stat().st_mode & 0o777 == 0o666 & ~umask  # like every other output, not safetensors' 0600
     shutil.rmtree(work / "models")
     done = subprocess.run([*export[:-1], str(tmp_path / "out2")], cwd=elsewhere, capture_output=True, text=True,
                           env=env, timeout=300)
