@@ -92,12 +92,12 @@ def run_judge(config, input_path: str, output_path: str) -> None:
 PIPELINE_HELP = "generate -> build -> (sft) -> train -> export -> eval in one run folder, skipping complete stages"
 
 
-def run_pipeline(config, from_stage: str | None, only: list[str] | None) -> None:
+def run_pipeline(config, from_stage: str | None, only: list[str] | None, rerun_changed: bool = False) -> None:
     from cst_dist.evaluation.report import render_table
     from cst_dist.pipeline import run_pipeline as run
     from cst_dist.pipeline import summary_table
 
-    plan = run(config, from_stage, only)
+    plan = run(config, from_stage, only, rerun_changed)
     print("\n" + summary_table(plan))
     report = config.layout.eval / "report.json"
     if "eval" in config.pipeline.stages and report.is_file():
@@ -117,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pipeline.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pipeline.stages=[build,train]")
     pipeline.add_argument("--from", dest="from_stage", help="rerun from this stage on, even where complete")
     pipeline.add_argument("--only", action="append", help="rerun only this stage (repeatable)")
+    pipeline.add_argument("--rerun-changed", action="store_true",
+                          help="rerun a complete stage whose settings changed, and every stage after it")
     export = commands.add_parser("export", help="sharded checkpoint -> Hugging Face folder (safetensors)")
     export.add_argument("run_dir", help="run folder written by `cst train`")
     export.add_argument("--tag", help="checkpoint tag (default: the latest complete one)")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         # The config is only read here; each stage records it in its own outputs once it has started.
         config = load_config(args.config, args.overrides)
         if args.stage == "pipeline":
-            run_pipeline(config, args.from_stage, args.only)
+            run_pipeline(config, args.from_stage, args.only, args.rerun_changed)
             return 0
         if args.stage == "judge":
             run_judge(config, args.input, args.output)

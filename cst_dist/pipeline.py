@@ -22,6 +22,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from cst_dist.config import ConfigError, RunConfig, apply_override, dump_config
 from cst_dist.io import check_writable_dir, write_text_atomic
@@ -155,7 +158,7 @@ def stage_args(run: StageRun, config_file: Path) -> list[str]:
 
 def run_stage(run: StageRun, root: Path, nproc: int) -> None:
     """One stage as its own process; its output goes to <run_dir>/logs/<stage>[-<arm>].log."""
-    name = f"{run.stage}-{run.arm}" if run.arm else run.stage
+    name = _stage_name(run)
     config_file, log_file = root / "logs" / f"{name}.yaml", root / "logs" / f"{name}.log"
     write_text_atomic(config_file, dump_config(run.config))  # what the stage ran with, next to its log
     nproc = nproc if run.stage in ("train", "sft") else 1
@@ -187,8 +190,63 @@ def record(root: Path, run: StageRun, event: str) -> None:
         handle.write(json.dumps(entry) + "\n")
 
 
-def run_pipeline(config: RunConfig, from_stage: str | None = None, only: list[str] | None = None) -> PipelinePlan:
-    """Plan, check, then run every stage that is not complete (or that --from/--only asks to rerun)."""
+# The config sections that decide each stage's output: a complete stage whose sections changed since it ran is not
+# complete for the settings asked now.
+STAGE_SETTINGS = {"import": ("model",), "generate": ("model", "generate"), "build": ("build",),
+                  "sft": ("model", "data", "train"), "train": ("model", "data", "train", "build"), "export": (),
+                  "eval": ("model", "data", "eval")}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {key: value for name, child in tree.items() for key, value in _flat(child, f"{prefix}{name}.").items()} \
+        or {prefix.rstrip("."): tree}
+
+
+def changed_settings(run: StageRun, root: Path) -> list[str]:
+    """Dotted keys whose values differ from those the stage last ran with (its logs/<stage>.yaml); [] when the same
+    or when there is no record (a run folder of an older version: trusted as before)."""
+    recorded = root / "logs" / f"{_stage_name(run)}.yaml"
+    try:
+        before = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(before, dict):
+        return []
+    now = run.config.model_dump(mode="json")
+    old, new = ({key: value for section in STAGE_SETTINGS[run.stage]
+                 for key, value in _flat(tree.get(section, {}), f"{section}.").items()} for tree in (before, now))
+    # A key the record lacks is a setting added since (at its default): not a change.
+    return sorted(key for key in old if old[key] != new.get(key))
+
+
+def _stage_name(run: StageRun) -> str:
+    return f"{run.stage}-{run.arm}" if run.arm else run.stage
+
+
+def rerun_from_changed(plan: PipelinePlan, root: Path, forced: set[str], rerun_changed: bool,
+                       stages: list[str]) -> set[str]:
+    """Before anything runs: the first complete stage whose settings changed is refused (naming the keys), or with
+    `rerun_changed` it and every later stage are rerun (returned)."""
+    for run in plan.runs:
+        changed = changed_settings(run, root) if run.stage not in forced and stage_complete(run) else []
+        if not changed:
+            continue
+        name = f"{run.stage}" + (f" ({run.arm})" if run.arm else "")
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        if not rerun_changed:
+            raise ConfigError(f"stage {name} is complete but was made with other settings ({shown} changed); pass "
+                              "--rerun-changed to rerun it and every later stage, or restore the settings")
+        print(f"{name}: settings changed ({shown}): rerunning it and every later stage", flush=True)
+        return set(stages[stages.index(run.stage):])
+    return set()
+
+
+def run_pipeline(config: RunConfig, from_stage: str | None = None, only: list[str] | None = None,
+                 rerun_changed: bool = False) -> PipelinePlan:
+    """Plan, check, then run every stage that is not complete (or that --from/--only asks to rerun). A complete stage
+    whose settings changed is refused, naming the keys, or with `rerun_changed` rerun with every later stage."""
     stages = list(config.pipeline.stages)
     for flag, names in (("--from", [from_stage] if from_stage else []), ("--only", only or [])):
         unknown = [name for name in names if name not in stages]
@@ -202,6 +260,7 @@ def run_pipeline(config: RunConfig, from_stage: str | None = None, only: list[st
         forced = set()
     plan = plan_pipeline(config, [s for s in stages if not only or s in only])
     root = check_writable_dir(config.run_dir, "run_dir")
+    forced |= rerun_from_changed(plan, root, forced, rerun_changed, stages)
     for index, run in enumerate(plan.runs, start=1):
         label = f"[{index}/{len(plan.runs)}] {run.stage}" + (f" ({run.arm})" if run.arm else "")
         if run.stage not in forced and stage_complete(run):

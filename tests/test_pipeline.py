@@ -130,3 +130,22 @@ def test_a_killed_pipeline_takes_its_stage_with_it_and_shows_progress(tmp_path, 
     finally:
         for pid in _processes_mentioning(str(run_dir)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_complete_stage_with_changed_settings_is_refused_or_rerun(tmp_path, tiny_model_config, released_json,
+                                                                   capsys):
+    args = [*pipeline_args(tmp_path, tiny_model_config, released_json), "pipeline.stages=[build]"]
+    manifest = tmp_path / "run" / "preference" / "manifest.json"
+    assert main(args) == 0
+    first = json.loads(manifest.read_text())
+    assert main(args) == 0 and "build: complete, skipped" in capsys.readouterr().out
+    changed = [*args, "build.eval_fraction=0.2"]
+    assert main(changed) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("cst pipeline: error: stage build is complete but was made with other settings")
+    assert "(build.eval_fraction changed)" in error and "--rerun-changed" in error
+    assert json.loads(manifest.read_text()) == first  # nothing was touched
+    assert main([*changed, "--rerun-changed"]) == 0
+    assert "settings changed (build.eval_fraction)" in capsys.readouterr().out
+    assert json.loads(manifest.read_text())["counts"] != first["counts"]
+    assert main(changed) == 0 and "build: complete, skipped" in capsys.readouterr().out
