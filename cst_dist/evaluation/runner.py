@@ -121,6 +121,9 @@ def preference_view(config: RunConfig, targets: list[EvalTarget]) -> list[dict[s
     entries, memo = [], {}  # the shared reference is scored once for every target
     for target in targets:
         reference = target.reference_path or Path(config.eval.reference or config.model.path)
+        if Path(target.model_path).resolve() == Path(reference).resolve():
+            log.info("preference accuracy of %s skipped: it is its own reference (every margin is 0)", target.name)
+            continue
         entries += preference_accuracy(target.model_path, reference, rows, config.data, target.name, target.step,
                                        batch_size=config.eval.batch_size, memo=memo)
     return entries

@@ -188,3 +188,18 @@ def test_rows_dropped_by_the_length_policy_are_not_counted(tiny_model_config, ti
     entries = preference_accuracy(tiny_model_config, tiny_model_config, rows, short, "tiny", None)
     assert 0 < sum(e["n"] for e in entries) == fits < len(rows)
     assert all(e["accuracy"] == (0.0 if e["n"] else None) for e in entries)
+
+
+def test_a_model_that_is_its_own_reference_is_skipped_not_scored(tiny_model_config, perturbed_model,
+                                                                 eval_preference_dir, caplog):
+    from cst_dist.config import load_config
+    from cst_dist.evaluation.runner import preference_view
+    from cst_dist.evaluation.targets import EvalTarget
+
+    config = load_config("tiny-cpu", [f"model.path={tiny_model_config.path}", "model.tiny=null",
+                                      f"eval.preference_data={eval_preference_dir}"])
+    caplog.set_level("INFO")
+    targets = [EvalTarget("base", Path(tiny_model_config.path)), EvalTarget("trained", Path(perturbed_model.path))]
+    entries = preference_view(config, targets)
+    assert {entry["model"] for entry in entries} == {"trained"}  # every margin of base vs base is 0: known, skipped
+    assert "preference accuracy of base skipped: it is its own reference" in caplog.text
