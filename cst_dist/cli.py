@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from cst_dist.config import load_config
 from cst_dist.errors import UserError
+from cst_dist.io import exclusive_lock
 
 STAGES = {
     "generate": "prompts -> preference pairs by self-critique (answer, critique, revision) on Ray actors",
@@ -149,6 +152,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def stage_lock(config, stage: str):
+    """The stage's exclusive hold on its output folder (one process per output; rank 0 alone holds a training's)."""
+    outputs = {"generate": (config.layout.pairs, "generate.output"), "build": (config.preference_dir, "build.output"),
+               "eval": (config.layout.eval, "eval.output")}
+    if stage in ("train", "sft"):
+        outputs[stage] = (config.run_dir, "run_dir") if os.environ.get("RANK", "0") == "0" else None
+    if outputs.get(stage) is None:
+        return contextlib.nullcontext()
+    folder, what = outputs[stage]
+    return exclusive_lock(folder, what)
+
+
 def one_line(error: BaseException) -> str:
     """The error as one line: OS errors name their path; long messages keep their first line."""
     if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename:
@@ -164,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "export":
             from cst_dist.training.export import export_checkpoint
 
-            print(f"exported to {export_checkpoint(args.run_dir, args.tag, args.dtype, args.output, args.overwrite)}")
+            with exclusive_lock(Path(args.run_dir) / "export", "the export folder of"):
+                output = export_checkpoint(args.run_dir, args.tag, args.dtype, args.output, args.overwrite)
+            print(f"exported to {output}")
             return 0
         if args.stage == "import-model":
             from cst_dist.model_import import import_gguf
@@ -181,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         # The config is only read here; each stage records it in its own outputs once it has started.
         config = load_config(args.config, args.overrides)
         if args.stage == "pipeline":
-            run_pipeline(config, args.from_stage, args.only, args.rerun_changed)
+            with exclusive_lock(config.run_dir, "run_dir", kind="cst-pipeline"):
+                run_pipeline(config, args.from_stage, args.only, args.rerun_changed)
             return 0
         if args.stage == "judge":
             run_judge(config, args.input, args.output)
             return 0
-        RUNNERS[args.stage](config)
+        with stage_lock(config, args.stage):
+            RUNNERS[args.stage](config)
     except (UserError, OSError) as error:  # bad input, a missing path, a read-only or full disk: fixable by the user
         if debug:
             raise

@@ -132,6 +132,32 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
         raise
 
 
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, what: str, kind: str = "cst") -> Iterator[Path]:
+    """Hold an advisory lock on `folder` while the block runs: a second process asking for it is refused in one line
+    naming the holder's pid. The lock file sits beside the folder (`.<name>.<kind>-lock`), so an output built by
+    renaming a staging folder into place stays exactly what the stage wrote; the kernel drops the lock when the
+    holder dies, kill -9 included."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f".{folder.name}.{kind}-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputError(f"{what} {folder} is in use by another cst process (pid {holder}); wait for it to "
+                              "end or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _widen_private_files(folder: Path) -> None:
     """Files that writers created 0600 through a temporary file (safetensors' model.safetensors does) get the mode
     the umask gives a plain open(), like every other output."""

@@ -149,3 +149,33 @@ def test_a_complete_stage_with_changed_settings_is_refused_or_rerun(tmp_path, ti
     assert "settings changed (build.eval_fraction)" in capsys.readouterr().out
     assert json.loads(manifest.read_text())["counts"] != first["counts"]
     assert main(changed) == 0 and "build: complete, skipped" in capsys.readouterr().out
+
+
+def test_one_process_per_output_folder(tmp_path, tiny_model_config, released_json):
+    """A second `cst train` in a run folder that a running one holds is refused in one line naming the holder."""
+    from tests.training.launch import train_overrides
+
+    build = [*pipeline_args(tmp_path, tiny_model_config, released_json), "pipeline.stages=[build]"]
+    assert main(build) == 0
+    run_dir = tmp_path / "run"
+    overrides = train_overrides(tiny_model_config.path, run_dir / "preference", run_dir,
+                                **{"train.max_steps": 400, "model.tiny": "null"})
+    command = [sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *overrides]
+    first = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
+            time.sleep(0.2)
+        second = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        last = second.stderr.strip().splitlines()[-1]
+        assert f"run_dir {run_dir} is in use by another cst process (pid {first.pid})" in last, last
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The kernel released the lock with the killed holder: the folder is usable again at once.
+    from cst_dist.io import exclusive_lock
+
+    with exclusive_lock(run_dir, "run_dir"):
+        pass
