@@ -79,10 +79,18 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_with_path(error, target)
         raise
+
+
+def _raise_with_path(error: BaseException, target: Path) -> None:
+    """A write(2) that fails (full disk, file size limit) raises an OSError with no file name: name the output."""
+    if isinstance(error, OSError) and not isinstance(error, UserError) and not error.filename and error.errno:
+        raise OSError(error.errno, f"{error.strerror or os.strerror(error.errno)} while writing", str(target)) \
+            from error
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -127,8 +135,9 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
         else:
             os.replace(staging, target)  # an empty folder is replaced by rename(2); a non-empty one makes it fail
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        _raise_with_path(error, target)
         raise
 
 

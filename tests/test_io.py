@@ -60,3 +60,21 @@ def test_file_fingerprint_sees_changes_in_large_files(tmp_path):
     payload[1 :: 1 << 12] = bytes(len(payload[1 :: 1 << 12]))  # a fine-tune changes bytes in every block
     big.write_bytes(payload)
     assert file_fingerprint(big, blocks=4, block_size=1 << 16) != before
+
+
+def test_a_failed_write_names_the_output(tmp_path):
+    """A write that fails with no file name (a full disk, a file size limit) is reported with the output's path."""
+    import errno
+
+    import pytest
+
+    from cst_dist.cli import one_line
+    from cst_dist.io import atomic_directory, atomic_file
+
+    for opener in (lambda: atomic_file(tmp_path / "out.json"), lambda: atomic_directory(tmp_path / "folder")):
+        with pytest.raises(OSError) as caught, opener():
+            raise OSError(errno.EFBIG, "File too large")
+        assert caught.value.errno == errno.EFBIG
+        assert one_line(caught.value).startswith("File too large while writing: ") and str(tmp_path) in one_line(
+            caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left behind

@@ -13,6 +13,7 @@ DeepSpeed's shards are pickles: resume or export only checkpoints you trust. Our
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
@@ -163,7 +164,13 @@ def save_checkpoint(engine, env: DistEnv, run_dir: str | Path, step: int, client
     if env.is_rank_zero and (root / tag).exists():
         _retire(root, tag)
     barrier()  # no rank writes into the tag before its old marker is gone
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    except RuntimeError as error:  # torch.save reports a failed write (full disk, size limit) as a RuntimeError
+        if "inline_container" not in str(error) and "write" not in str(error).lower():  # torch's writer, failing
+            raise
+        raise OSError(errno.ENOSPC, "could not write the checkpoint (disk full or a file size limit?); the last "
+                      "complete checkpoint is kept", str(root / tag)) from error
     # RNG is per rank; DeepSpeed's client_state is written by rank 0 only. JSON: nothing to unpickle on resume.
     write_json_atomic(root / tag / f"rng_state_{env.rank}.json", _rng_state())
     barrier()  # every rank's shards are on disk before the checkpoint is declared complete

@@ -221,3 +221,29 @@ def test_rotation_never_deletes_latest_or_newer(tmp_path):
         (root / f"step-{step:08d}" / MARKER).write_text("{}")
     _rotate(root, "step-00000006", keep=2)  # a resumed run re-saved step 6 while step 8 of its first pass exists
     assert sorted(p.name for p in root.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, tiny_model_config, preference_dir):
+    """A file size limit (what a full disk looks like to a writer) during the save: one line naming the checkpoint,
+    exit 2, and no checkpoint marked complete."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from cst_dist.stage_process import child_env
+    from tests.training.launch import train_overrides
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write(2) then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200 << 10, 200 << 10))  # the shards of the tiny model are larger
+
+    run_dir = tmp_path / "run"
+    overrides = train_overrides(tiny_model_config.path, preference_dir, run_dir,
+                                **{"train.max_steps": 2, "train.save_steps": 1, "model.tiny": "null"})
+    done = subprocess.run([sys.executable, "-m", "cst_dist.cli", "train", "tiny-cpu", *overrides], env=child_env(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-1500:])
+    assert "step-00000001" in last and "could not write the checkpoint" in last, last
+    assert not list((run_dir / "checkpoints").glob("*/complete.json"))
