@@ -8,7 +8,7 @@
 set -euo pipefail
 CONFIG=${1:?usage: $0 CONFIG [key=value ...]}
 shift
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # PYTHON: an interpreter that imports cst_dist and torch
 
 if [[ -n "${RAY_ADDRESS:-}" ]]; then
   echo "ray_generate: joining the Ray cluster at RAY_ADDRESS=${RAY_ADDRESS}" >&2

@@ -6,7 +6,7 @@
 #                 rendezvous endpoint, hosted by node rank 0, and a node that never joins fails the start after
 #                 RDZV_JOIN_TIMEOUT seconds (default 600) instead of waiting forever.
 # GPUS_PER_NODE defaults to the visible GPUs (1 process on a CPU-only host); MASTER_PORT defaults to 29500;
-# PYTHON (default: python on PATH) is the interpreter that runs torchrun.
+# PYTHON (default: the checkout's .venv/bin/python, else python on PATH) is the interpreter that runs torchrun.
 set -euo pipefail
 CONFIG=${1:?usage: $0 CONFIG [key=value ...]}
 shift
@@ -20,7 +20,7 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # PYTHON: an interpreter that imports cst_dist and torch
 
 if [[ -n "${RDZV_ID:-}" ]]; then
   # NODE_RANK 0 hosts the rendezvous store (no guessing from host names, which may all look local); ranks are then

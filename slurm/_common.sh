@@ -29,6 +29,15 @@ log() {
 # die MESSAGE [EXIT CODE]: log the error and exit (default 1)
 die() { log "ERROR: $1"; exit "${2:-1}"; }
 
+# require_job SCRIPT: a batch script needs the allocation Slurm gives it (node list, job id)
+require_job() {
+  [[ -n "${SLURM_JOB_ID:-}" && -n "${SLURM_JOB_NODELIST:-}" ]] ||
+    die "$1 runs inside a Slurm job: submit it with \`sbatch slurm/$1 ...\` from the repository root" 2
+}
+
+# require_slurm: the commands that submit jobs
+require_slurm() { command -v sbatch >/dev/null 2>&1 || die "sbatch not found: run this on a Slurm login node" 2; }
+
 # The interpreter every stage runs under (exported: the launchers read PYTHON).
 select_python() {
   if [[ -n "${CST_PYTHON:-}" ]]; then

@@ -20,6 +20,7 @@ CST_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CST_REPO
 source "$CST_REPO/slurm/_common.sh"
 [[ $# -ge 1 ]] || die "usage: slurm/pipeline.sh CONFIG [key=value ...]" 2
+require_slurm
 mkdir -p "$CST_LOG_DIR"
 
 declare -A SCRIPT=([generate]=generate.sbatch [build]="stage.sbatch build" [train]=train.sbatch

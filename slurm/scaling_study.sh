@@ -24,7 +24,9 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then  # on the login node: the checkout is wher
   CST_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   export CST_REPO
 fi
-source "${CST_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/_common.sh"
+common="${CST_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/_common.sh"
+[[ -f $common ]] || { echo "cst-slurm: $common not found: submit from the repository root or set CST_REPO" >&2; exit 2; }
+source "$common"
 
 # collect DIR: every <nodes>n-<shape>.json of DIR -> DIR/scaling.md and DIR/scaling.json
 collect() {
@@ -95,8 +97,9 @@ PY
 
 case "${1:-}" in
   --collect) [[ $# -eq 2 ]] || die "usage: $0 --collect DIR" 2; collect "$2"; exit 0 ;;
-  --run) shift; run_benchmark "$@"; exit 0 ;;
+  --run) shift; require_job scaling_study.sh; run_benchmark "$@"; exit 0 ;;
 esac
+require_slurm
 
 NODES="1 2 4"
 SHAPES="256x4 512x8"

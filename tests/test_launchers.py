@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,3 +37,23 @@ def test_torchrun_launcher_trains_two_ranks(tmp_path, tiny_model_config, prefere
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in steps] == [1, 2]
     assert "2 ranks x micro-batch 2 x accumulation 2" in result.stderr + result.stdout
+
+
+
+@pytest.mark.parametrize("script, args, env, fragment", [
+    ("launchers/torchrun_train.sh", ["x.yaml"], {"PYTHON": "/usr/bin/false"}, "cannot import cst_dist and torch"),
+    ("slurm/train.sbatch", ["configs/tiny-cpu.yaml"], {}, "slurm/_common.sh not found"),
+    ("slurm/eval.sbatch", ["configs/tiny-cpu.yaml"], {"CST_REPO": str(ROOT)}, "runs inside a Slurm job"),
+    ("slurm/train.sbatch", ["configs/tiny-cpu.yaml"], {"CST_REPO": str(ROOT)}, "runs inside a Slurm job"),
+    ("slurm/scaling_study.sh", [], {"PATH": "/usr/bin:/bin"}, "sbatch not found"),
+    ("slurm/pipeline.sh", ["tiny-cpu"], {"PATH": "/usr/bin:/bin"}, "sbatch not found"),
+])
+def test_scripts_say_what_they_need_in_one_line(tmp_path, script, args, env, fragment):
+    """Run from another directory, outside a job, without the venv or Slurm: one line, exit 2, never bash's own."""
+    if "sbatch not found" in fragment and shutil.which("sbatch", path="/usr/bin:/bin"):
+        pytest.skip("sbatch is installed here")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("CST_REPO", "PYTHON")}
+    done = subprocess.run(["bash", str(ROOT / script), *args], cwd=tmp_path, env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and fragment in lines[0], (done.returncode, done.stderr)
