@@ -50,12 +50,14 @@ class ChatEncoder:
         """Token ids of a piece of rendered text, no special tokens added."""
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        """The conversation as the chat template writes it (+ the assistant header): text, not yet token ids."""
+        return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
+                                                  tokenize=False)
+
     def encode_conversation(self, conversation: Conversation, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the conversation (+ the assistant header): what a model is given to answer it."""
-        text = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
-        return self.encode_text(text)
+        return self.encode_text(self.render(conversation, add_generation_prompt))
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of a whole model input given as text (a rendered chat, or a plain few-shot prompt): the text's

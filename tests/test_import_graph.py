@@ -50,3 +50,11 @@ def test_the_checker_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from cst_dist.training.trainer import train\n")
     assert owner(next(iter(imported_modules(bad)))) == "training"
+
+
+def test_chat_templates_are_rendered_in_one_module():
+    """Every stage feeds a model the same ids for the same conversation: only cst_dist/chat.py renders a template."""
+    package = Path(__file__).resolve().parents[1] / "cst_dist"
+    callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if "apply_chat_template(" in path.read_text(encoding="utf-8"))
+    assert callers == ["chat.py"]

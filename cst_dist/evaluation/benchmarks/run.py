@@ -129,8 +129,7 @@ class BenchmarkWorker:
 
         text = item.context
         if item.chat:
-            text = self.chat.tokenizer.apply_chat_template(self.chat.messages(item.system, item.context),
-                                                           add_generation_prompt=True, tokenize=False)
+            text = self.chat.render(self.chat.messages(item.system, item.context))
         try:
             return encode_requests(self.chat.encode_text, text, item.continuations, self.max_length)
         except ValueError as error:
