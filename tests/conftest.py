@@ -34,6 +34,8 @@ def shared_file(name: str, what: str) -> Path:
     """A file of ../shared/data, or a visible skip naming what is missing."""
     path = SHARED_DATA / name
     if not path.is_file():
+        if os.environ.get("CST_REQUIRE_SHARED_DATA") == "1":  # CI: a test that needs the data must run, never skip
+            pytest.fail(f"{what} is absent ({path}) and CST_REQUIRE_SHARED_DATA=1")
         pytest.skip(f"{what} is absent ({path}); see README 'Data'")
     return path
 
