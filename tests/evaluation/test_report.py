@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from cst_dist.evaluation.charts import preference_bar_entries
 from cst_dist.evaluation.report import (
     FILES,
     SCHEMA_VERSION,
     check_report,
     make_report,
-    preference_bar_entries,
     render_markdown,
     render_table,
     write_report,
