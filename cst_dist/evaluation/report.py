@@ -28,7 +28,8 @@ the training s0 marked with a dagger when only that was run; S1 under s1), every
 preference accuracy, a per-step table when a model was scored at several steps, and the general benchmarks (Table
 III: measurements as rows, tasks' leaderboard metrics as columns; every metric with its standard error; skipped
 tasks).
-Charts (drawn by cst_dist.evaluation.charts; matplotlib, Agg, no pyplot state): safety.png (bars per model and system prompt, Wilson whiskers) and, when a
+Charts (drawn by cst_dist.evaluation.charts; matplotlib, Agg, no pyplot state): safety.png (bars per model and
+system prompt, Wilson whiskers) and, when a
 model has several steps, safety_over_steps.png (S0 and S1 over training steps); preference.png (held-out preference
 accuracy per model and system prompt, harmless pairs only) when preference accuracy was measured; benchmarks.png (per
 task, grouped bars of each model's latest step, standard-error whiskers). A chart the report no longer has reason to
