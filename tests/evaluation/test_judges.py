@@ -85,3 +85,18 @@ def test_llm_judge_on_a_random_tiny_model_reports_its_garbage_as_unparsed(tmp_pa
     assert judge.sampling().temperature == 0 and judge.sampling().max_new_tokens == 5
     assert judge_info(judge)["template"] == template
     assert judge.judge([]) == []
+
+
+@pytest.mark.parametrize("kind, setting, fragment", [
+    ("classifier", {"base_url": "http://localhost:8000/v1"}, "eval.judge.base_url does nothing for eval.judge.kind="
+                                                             "classifier (it is read by kind=http)"),
+    ("keyword", {"template": "llama-guard"}, "eval.judge.template does nothing for eval.judge.kind=keyword"),
+    ("http", {"classifier_path": "x.json", "base_url": "http://h/v1", "model_name": "m"},
+     "eval.judge.classifier_path does nothing for eval.judge.kind=http"),
+])
+def test_settings_the_kind_does_not_read_are_errors(tmp_path, kind, setting, fragment):
+    from cst_dist.config import ConfigError, JudgeConfig
+    from cst_dist.evaluation.judges import build_judge
+
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        build_judge(JudgeConfig(kind=kind, **setting), workdir=tmp_path, train_data=None)

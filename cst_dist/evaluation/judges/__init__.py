@@ -32,6 +32,7 @@ def build_judge(judge: JudgeConfig, *, workdir: Path, train_data: Path | None) -
     released JSON); None and no saved classifier is an error.
     """
     workdir = Path(workdir)
+    check_settings(judge)
     if judge.kind == "keyword":
         from cst_dist.evaluation.judges.keyword import KeywordJudge
 
@@ -56,6 +57,27 @@ def build_judge(judge: JudgeConfig, *, workdir: Path, train_data: Path | None) -
 
     source = _path(judge.train_data, train_data) if judge.train_data or train_data else None
     return load_or_train(_path(judge.classifier_path, workdir / "judge" / "classifier.json"), source)
+
+
+# The settings each kind reads; any other setting away from its default would do nothing, silently.
+KIND_SETTINGS = {
+    "classifier": {"classifier_path", "train_data"},
+    "llm": {"model", "template", "max_new_tokens", "batch_size", "device"},
+    "http": {"template", "max_new_tokens", "base_url", "model_name", "api_key_env", "concurrency", "timeout_s",
+             "max_retries", "retry_backoff_s", "retry_budget_s", "cache"},
+    "keyword": set(),
+}
+
+
+def check_settings(judge: JudgeConfig) -> None:
+    """A setting the chosen kind does not read, set away from its default, is an error naming it."""
+    defaults = JudgeConfig()
+    ignored = [name for name in JudgeConfig.model_fields if name != "kind" and name not in KIND_SETTINGS[judge.kind]
+               and getattr(judge, name) != getattr(defaults, name)]
+    if ignored:
+        users = sorted(kind for kind, names in KIND_SETTINGS.items() if ignored[0] in names)
+        raise ConfigError(f"eval.judge.{ignored[0]} does nothing for eval.judge.kind={judge.kind} (it is read by "
+                          f"kind={' or '.join(users)}); remove it or change the kind")
 
 
 def judge_info(judge: Judge) -> dict[str, Any]:
