@@ -142,29 +142,46 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: str | os.PathLike, what: str, kind: str = "cst") -> Iterator[Path]:
+def exclusive_lock(folder: str | os.PathLike, what: str, kind: str = "cst") -> Iterator[Path | None]:
     """Hold an advisory lock on `folder` while the block runs: a second process asking for it is refused in one line
     naming the holder's pid. The lock file sits beside the folder (`.<name>.<kind>-lock`), so an output built by
     renaming a staging folder into place stays exactly what the stage wrote; the kernel drops the lock when the
-    holder dies, kill -9 included."""
+    holder dies (kill -9 included: the file then stays, and the next holder takes it over); a clean exit removes it."""
     import fcntl
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f".{folder.name}.{kind}-lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            # No lock where nothing can be written (a file in the way, a read-only mount): the stage's own checks
+            # name that problem better, before it writes anything.
+            yield None
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise OutputError(f"{what} {folder} is in use by another cst process (pid {holder}); wait for it to "
                               "end or stop it") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file as we opened it: lock the one at the path now
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
-        os.close(fd)  # releases the lock
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding the lock: whoever opened it meanwhile retries on the new file
+        os.close(fd)
 
 
 def _widen_private_files(folder: Path) -> None:
