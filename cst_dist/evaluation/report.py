@@ -7,7 +7,8 @@ report.json, schema_version 1 (keys are only ever added; a change of meaning bum
         {"model": str, "step": int | null, "system_prompt": str, "condition": "S1" | "S0" | null,
          "judge": str | null, "n": int, "safe": int, "unsafe": int, "unparsed": int,
          "score": float | null,        # S1: safe share, S0: uncensored share, null: safe share; of judged rows
-         "ci95": [float, float]}       # Wilson interval of that share over safe + unsafe
+         "ci95": [float, float],       # Wilson interval of that share over safe + unsafe
+         "start": str}                 # only on step 0 of a run: the evaluated model it trained from (copied)
       ],
       "preference": [                  # likelihood view; see evaluation.preference
         {"model": str, "step": int | null, "system_prompt": str | null, "n": int, "accuracy": float | null,

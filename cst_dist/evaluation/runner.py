@@ -71,11 +71,26 @@ def run_eval(config: RunConfig, on_shard_done: Callable[[ShardDone], None] | Non
             scored = score_items(model_config, benchmark_items, eval_cfg.benchmarks, FarmSettings.of("eval", eval_cfg),
                                  folder / target.key / "benchmarks", on_shard_done)
             benchmarks += benchmark_entries(suite, scored.rows, target.name, target.step)
+    safety += starting_points(safety, targets)
     report = make_report(safety, preference_view(config, targets), judge_info(judge), benchmarks, suite.skipped)
     if eval_cfg.pairs:
         log.info("judging the y0 and y1 of %s (self-critique yield)", eval_cfg.pairs)
         report["self_critique"] = self_critique_yield(Path(eval_cfg.pairs), judge)
     return _finish(folder, report, generation)
+
+
+def starting_points(safety: list[dict[str, Any]], targets: list[EvalTarget]) -> list[dict[str, Any]]:
+    """Step 0 of a run scored at its checkpoints: the scores of the model it trained from (its reference), when that
+    model is evaluated too, so the curve over training starts where training did."""
+    plain = {Path(t.model_path).resolve(): t.name for t in targets if t.step is None}
+    added = []
+    for name in dict.fromkeys(t.name for t in targets if t.step is not None):
+        reference = next((t.reference_path for t in targets if t.name == name and t.reference_path), None)
+        start = plain.get(Path(reference).resolve()) if reference else None
+        if start is not None and start != name:
+            added += [{**entry, "model": name, "step": 0, "start": start} for entry in safety
+                      if entry["model"] == start and entry["step"] is None]
+    return added
 
 
 def refuse_other_stage_folder(config: RunConfig) -> None:

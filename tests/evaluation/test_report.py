@@ -197,3 +197,18 @@ def test_an_empty_report_writes_json_and_markdown_only(tmp_path):
     paths = write_report(tmp_path, make_report([]))
     assert set(paths) == {"json", "markdown"}
     assert "No safety scores." in paths["markdown"].read_text()
+
+
+def test_a_run_scored_over_steps_starts_at_the_model_it_trained_from(tmp_path):
+    from cst_dist.evaluation.runner import starting_points
+    from cst_dist.evaluation.targets import EvalTarget
+
+    base, other = tmp_path / "base", tmp_path / "other"
+    safety = _cell("base", 18, 7, "j") + _cell("other", 1, 1, "j") + _cell("cst", 20, 24, "j", step=40)
+    targets = [EvalTarget("base", base), EvalTarget("other", other), EvalTarget("cst", tmp_path / "c", 40, base),
+               EvalTarget("solo", tmp_path / "s", 40, tmp_path / "not-evaluated")]
+    added = starting_points(safety, targets)
+    assert [(e["model"], e["step"], e["start"]) for e in added] == [("cst", 0, "base")] * 2
+    assert sorted(e["score"] for e in added) == sorted(e["score"] for e in safety if e["model"] == "base")
+    text = render_markdown(make_report(safety + added))
+    assert "| cst | 0 |" in text and "| cst | 40 |" in text
