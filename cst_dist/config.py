@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cst_dist.errors import UserError
-from cst_dist.io import write_text_atomic
+from cst_dist.io import read_marker, write_text_atomic
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
 # Package data (cst_dist/configs/, shipped in the wheel); the top-level configs/ of a checkout is a symlink to it.
@@ -586,7 +586,7 @@ def run_root(run_dir: str | os.PathLike, stored_run_dir: str) -> Path:
     actual, stored = Path(run_dir).resolve(), Path(stored_run_dir)
     if stored.is_absolute() or not stored.parts:
         # The run's other relative paths (model.path, ...) are relative to where it was started: run.json says.
-        recorded = _json_object(actual / "run.json").get("workdir")
+        recorded = (read_marker(actual, "run.json") or {}).get("workdir")
         return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else Path.cwd()
     if actual.parts[-len(stored.parts):] == stored.parts:
         return Path(*actual.parts[: -len(stored.parts)])
@@ -611,10 +611,3 @@ def load_run_config(config_file: str | os.PathLike, run_dir: str | os.PathLike) 
     object.__setattr__(config.model, "tiny", None)
     return config
 
-
-def _json_object(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

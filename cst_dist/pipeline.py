@@ -29,7 +29,7 @@ import yaml
 from cst_dist.config import ConfigError, RunConfig, apply_override, dump_config
 from cst_dist.io import check_writable_dir, write_text_atomic
 from cst_dist.model_import import IMPORT_MARKER
-from cst_dist.run_layout import EXPORT_MARKER, RunLayout
+from cst_dist.run_layout import EXPORT_MARKER, RunLayout, split_model_ref
 from cst_dist.stage_process import export_args, run_cst
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def check_eval_inputs(plan: PipelinePlan, stages: list[str]) -> None:
         if run.stage != "eval":
             continue
         for name, value in run.config.eval.models.items():
-            path = value.partition(":")[0] if ":" in value and not Path(value).exists() else value
+            path = split_model_ref(value)[0]
             if path not in produced and not Path(path).exists():
                 raise ConfigError(
                     f"eval.models.{name}: {path} does not exist and no stage of this pipeline "

@@ -108,6 +108,12 @@ class RunLayout:
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
 
 
+def split_model_ref(value: str) -> tuple[str, str]:
+    """An `eval.models` value: (folder, checkpoint tag) for `RUN:TAG`, (folder, "") for a folder. A path that exists
+    as written is a folder even when it holds a colon."""
+    return tuple(value.partition(":")[::2]) if ":" in value and not Path(value).exists() else (value, "")
+
+
 def _json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when it is absent or torn (an incomplete stage, never an error here)."""
     return read_marker(path.parent, path.name) or {}

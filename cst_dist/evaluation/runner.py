@@ -30,7 +30,7 @@ from cst_dist.evaluation.targets import EvalTarget, resolve_targets
 from cst_dist.farm.cluster import FarmSettings
 from cst_dist.farm.pool import ShardDone
 from cst_dist.io import check_writable_dir, write_jsonl_atomic
-from cst_dist.run_layout import RunLayout
+from cst_dist.run_layout import RunLayout, split_model_ref
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ def refuse_other_stage_folder(config: RunConfig) -> None:
     """eval.output must not sit inside what another stage owns: checkpoints, exports, pairs or the preference set
     of this run or of a run it evaluates (a rotation or an overwrite there would take the report with it)."""
     output = config.layout.eval.resolve()
-    runs = [Path(config.run_dir)] + [Path(value.partition(":")[0] if ":" in value and not Path(value).exists()
-                                          else value) for value in config.eval.models.values()]
+    runs = [Path(config.run_dir)] + [Path(split_model_ref(value)[0]) for value in config.eval.models.values()]
     for run in runs:
         layout = RunLayout(run)
         for stage, owned in (("train", layout.checkpoints), ("export", run / "export"), ("generate", layout.pairs),

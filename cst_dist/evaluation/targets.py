@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cst_dist.config import EvalConfig, RunConfig, load_run_config
 from cst_dist.errors import UserError
-from cst_dist.run_layout import CHECKPOINT_MARKER, EXPORT_MARKER, RunLayout
+from cst_dist.run_layout import CHECKPOINT_MARKER, EXPORT_MARKER, RunLayout, split_model_ref
 from cst_dist.stage_process import export_args, run_cst
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def resolve_targets(config: RunConfig) -> list[EvalTarget]:
 
 
 def _targets_of(name: str, value: str, eval_cfg: EvalConfig) -> list[EvalTarget]:
-    path, _, tag = value.partition(":") if ":" in value and not Path(value).exists() else (value, "", "")
+    path, tag = split_model_ref(value)
     folder = Path(os.path.expanduser(path))
     if not folder.exists():
         raise EvalError(f"eval.models.{name}: {folder} does not exist (an exported model folder or a run folder)")
