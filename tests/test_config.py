@@ -62,7 +62,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_keys_added_later_keep_older_run_identities():
-    from cst_dist.config import identity_hash, training_identity
+    from cst_dist.training.identity import identity_hash, training_identity
 
     dpo, sft = load_config("tiny-cpu"), load_config("tiny-cpu", ["train.objective=sft"])
     assert "objective" not in training_identity(dpo, "data")["train"]  # a pre-sft run's identity is unchanged

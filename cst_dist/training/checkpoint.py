@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cst_dist.config import RunConfig, dump_config, identity_differences, identity_hash
+from cst_dist.config import RunConfig, dump_config
 from cst_dist.errors import UserError
 from cst_dist.io import write_json_atomic, write_text_atomic
 from cst_dist.run_layout import CHECKPOINT_MARKER, RunLayout
 from cst_dist.training.distributed import DistEnv, barrier
+from cst_dist.training.identity import identity_differences, identity_hash
 
 log = logging.getLogger(__name__)
 MARKER = CHECKPOINT_MARKER  # the name tests and export know it by

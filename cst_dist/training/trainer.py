@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cst_dist.config import RunConfig, TrainConfig, dump_config, identity_hash, training_identity
+from cst_dist.config import RunConfig, TrainConfig, dump_config
 from cst_dist.errors import UserError
 from cst_dist.flops import matmul_peak_flops, model_shape
 from cst_dist.io import check_writable_dir, file_sha256
@@ -39,6 +39,7 @@ from cst_dist.training.data import (
 from cst_dist.training.deepspeed_config import resolve_zero_stage
 from cst_dist.training.distributed import DistEnv, all_reduce_sum, setup_distributed
 from cst_dist.training.engine import setup_policy_engine, setup_reference_engine
+from cst_dist.training.identity import identity_hash, training_identity
 from cst_dist.training.losses import preference_loss, sft_loss
 from cst_dist.training.metrics import MetricsWriter, SftStepAccumulator, StepAccumulator
 from cst_dist.training.reference import (

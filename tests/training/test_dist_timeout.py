@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from cst_dist.config import identity_hash, load_config, training_identity
+from cst_dist.config import load_config
+from cst_dist.training.identity import identity_hash, training_identity
 
 PROBE = """
 import torch, torch.distributed as dist
