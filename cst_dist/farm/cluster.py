@@ -1,7 +1,8 @@
 """Ray for the farm: join the cluster at RAY_ADDRESS or start a local one, size the replicas, place them.
 
 On Slurm (or any cluster) `ray start --head` / `ray start --address` run first and the driver joins through
-RAY_ADDRESS; without it a local instance is started and shut down again. A replica that needs several GPUs gets a
+RAY_ADDRESS; without it a local instance is started and shut down again, and dies with the driver even when the
+driver is killed (`cst_dist.farm.reaper`). A replica that needs several GPUs gets a
 placement group of one STRICT_PACK bundle: the GPUs sit on one node, the wait for them is bounded, and a replacement
 actor reuses the same reserved bundle, so no other job takes the GPUs while a shard is retried.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from cst_dist.farm import FarmError
+from cst_dist.farm.reaper import start_reaper, stop_reaper
 
 log = logging.getLogger(__name__)
 DEFAULT_GCS_PORT = 6379
@@ -70,17 +72,20 @@ def ray_session(timeout_s: float) -> Iterator[str]:
     address = os.environ.get("RAY_ADDRESS")
     if address and address != "auto":
         check_reachable(address, timeout_s)
+    reaper = None if address else start_reaper()  # a local instance dies with this process, even on kill -9
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:  # "local": a new instance, never a cluster named in a stale /tmp/ray/ray_current_cluster
             ray.init(address="local", include_dashboard=False, log_to_driver=True)
     except ConnectionError as exc:
+        stop_reaper(reaper)
         raise FarmError(f"cannot connect to Ray (RAY_ADDRESS={address!r}): {exc}") from None
     try:
         yield f"Ray cluster at {address}" if address else "local Ray instance"
     finally:
         ray.shutdown()
+        stop_reaper(reaper)
 
 
 @dataclass(frozen=True)
