@@ -114,8 +114,11 @@ def test_a_killed_pipeline_takes_its_stage_with_it_and_shows_progress(tmp_path, 
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not any(line.startswith("    train ") for line in lines):
+        # Kill once the trainer has logged a step (its SIGTERM checkpoint needs a built engine) and the pipeline
+        # has printed a progress line; generous bounds: CI's 2 cores are shared by the whole suite.
+        deadline = time.time() + 480
+        while time.time() < deadline and not (any(line.startswith("    train ") for line in lines)
+                                              and (run_dir / "metrics.jsonl").is_file()):
             time.sleep(0.5)
         progress = [line for line in lines if line.startswith("    train ")]
         assert progress and " s: " in progress[0], lines  # the stage's own last log line, every 30 s
@@ -164,9 +167,10 @@ def test_one_process_per_output_folder(tmp_path, tiny_model_config, released_jso
     first = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 360  # the first trainer holds the lock once it logs (bounds for a loaded CI)
         while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
             time.sleep(0.2)
+        assert (run_dir / "metrics.jsonl").is_file(), "the first trainer never started"
         second = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         last = second.stderr.strip().splitlines()[-1]
