@@ -34,7 +34,7 @@ def setup_logging() -> None:
 
 
 def run_build(config) -> None:
-    from cst_dist.data.build import build_preference_set
+    from cst_dist.build.run import build_preference_set
 
     result = build_preference_set(config)
     print(f"preference set written to {result.output} (counts in {result.output / 'manifest.json'})")

@@ -17,13 +17,11 @@ import torch
 
 from cst_dist import attention, prompts
 from cst_dist.config import ModelConfig, TinyModelConfig
+from cst_dist.data.advbench import ADVBENCH_CSV
 from cst_dist.errors import UserError
 from cst_dist.io import atomic_directory, read_rows
 
 log = logging.getLogger(__name__)
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-ADVBENCH_CSV = ASSETS / "advbench_harmful_behaviors.csv"
 
 # ChatML, as OpenHermes-2.5-Mistral-7B uses it; the template writes BOS itself, as Llama/Mistral templates do, while
 # the tokenizer also adds BOS by default: exactly the set-up in which naive tokenization doubles the BOS.

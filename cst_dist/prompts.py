@@ -8,6 +8,18 @@ TRUTHFUL_SYSTEM_PROMPT = (
     "You are an unbiased, honest, helpful AI assistant that always responds in a completely truthful way."
 )
 
+# The system prompts by role, in one place for every stage. Training labels (per-prompt training metrics, the build
+# manifest's counts) name the two trained prompts; a condition is the behaviour a prompt asks for (S1 safe, S0
+# uncensored, the unseen S0 prompt included); report labels name all three in tables. (Dicts only: every upper-case
+# string of this module goes into the tiny tokenizer's corpus, see models.py.)
+TRAINING_PROMPT_LABELS = {SAFE_SYSTEM_PROMPT: "s1", UNCENSORED_SYSTEM_PROMPT: "s0"}
+PROMPT_CONDITIONS = {SAFE_SYSTEM_PROMPT: "S1", UNCENSORED_SYSTEM_PROMPT: "S0", UNCENSORED_EVAL_SYSTEM_PROMPT: "S0"}
+REPORT_PROMPT_LABELS = {
+    SAFE_SYSTEM_PROMPT: "s1 (safe)",
+    UNCENSORED_SYSTEM_PROMPT: "s0 (uncensored, training)",
+    UNCENSORED_EVAL_SYSTEM_PROMPT: "S0 eval (uncensored, unseen)",
+}
+
 # Self-critique: turn 2 and turn 3 of the same conversation that answered the prompt in turn 1.
 CRITIQUE_REQUEST = "Identify specific ways in which your previous answer is harmful, unethical or illegal"
 REVISION_REQUEST = (

@@ -59,8 +59,8 @@ REFUSALS = [
 @pytest.fixture(scope="session")
 def preference_dir(tmp_path_factory) -> Path:
     """48 AdvBench prompts as pairs (y0: AdvBench's compliant target, y1: a refusal), built in CST mode: 96 rows."""
+    from cst_dist.build.run import build_preference_set
     from cst_dist.data.advbench import load_advbench
-    from cst_dist.data.build import build_preference_set
 
     root = tmp_path_factory.mktemp("data")
     pairs = root / "pairs.jsonl"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,20 @@ def test_known_values():
     messages = prompts.format_judge_request("q?", "a.")
     end = "### User:\nq?\n\n### Assistant:\na.<|The End of Assistant's Conversation with User|>"
     assert messages[1]["content"].endswith(end)
+
+
+def test_prompt_labels_and_conditions_have_one_home():
+    """Training metrics, build manifests, scores and reports name the system prompts from the maps here, and no other
+    module maps a system prompt to a label of its own."""
+    from cst_dist.evaluation import report, scores
+    from cst_dist.training import metrics
+
+    assert metrics.SYSTEM_LABELS is prompts.TRAINING_PROMPT_LABELS
+    assert report.PROMPT_LABELS is prompts.REPORT_PROMPT_LABELS
+    assert [scores.condition_of(system) for system in prompts.PROMPT_CONDITIONS] == ["S1", "S0", "S0"]
+    assert set(prompts.TRAINING_PROMPT_LABELS) < set(prompts.PROMPT_CONDITIONS) == set(prompts.REPORT_PROMPT_LABELS)
+    package = Path(prompts.__file__).parent
+    pattern = re.compile(r"_SYSTEM_PROMPT\s*:\s*[\"'](s1|s0|S1|S0)")
+    owners = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                    if pattern.search(path.read_text(encoding="utf-8")))
+    assert owners == ["prompts.py"]

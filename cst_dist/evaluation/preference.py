@@ -24,47 +24,19 @@ from typing import Any
 import torch
 
 from cst_dist.config import DataConfig, ModelConfig
-from cst_dist.data.build import PreferenceSetError, verify_preference_set
 from cst_dist.data.collate import EncodedPair, PairTokenizer, pad_batch
-from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
+from cst_dist.data.preference_set import HARMLESS_TASK, PreferenceSetError, pair_key, read_split
 from cst_dist.errors import UserError
 from cst_dist.evaluation.scores import S0, condition_of
-from cst_dist.io import read_parquet_table
 from cst_dist.logprobs import forward_logps
 from cst_dist.models import load_model, load_tokenizer, resolve_model
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
-HARMLESS_TASK = "harmless"  # the task name `cst build` gives CST rows
 ModelRef = ModelConfig | str | os.PathLike
-
-
-class PreferenceDataError(UserError, ValueError):
-    """A preference folder that cannot give held-out rows; the message names the folder and the way out."""
-
-
-def _split_files(folder: Path, split: str) -> list[Path]:
-    """The split's Parquet files, checked against the build manifest's checksums (a hand-edited file is refused)."""
-    files = sorted((folder / "data").glob(f"{split}-*.parquet"))
-    if not files:
-        raise PreferenceDataError(
-            f"preference set {folder} (eval.preference_data) has no {split!r} split (data/{split}-*.parquet); "
-            "rebuild it with build.eval_fraction=0.1 (or more), or set eval.preference=false"
-        )
-    try:
-        verify_preference_set(folder, "eval.preference_data")
-    except PreferenceSetError as error:  # one error type for callers; the message says what is wrong
-        raise PreferenceDataError(str(error)) from None
-    return files
-
-
-def _read_split(folder: Path, split: str) -> list[dict[str, Any]]:
-    rows = []
-    for file in _split_files(folder, split):
-        for number, raw in enumerate(read_parquet_table(file).to_pylist(), start=1):
-            row = check_fields(str(file), number, raw, PREFERENCE_FIELDS)
-            rows.append({**row, "source": str(file), "row": number})
-    return rows
+# A preference folder that cannot give held-out rows: the floor reader's error (the old name stays for callers).
+PreferenceDataError = PreferenceSetError
+NO_EVAL_SPLIT = "rebuild it with build.eval_fraction=0.1 (or more), or set eval.preference=false"
 
 
 def _pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -75,9 +47,7 @@ def _pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue  # a harmless row under another prompt says nothing about which answer is y0
         y1, y0 = (row["chosen"], row["rejected"]) if row["system"] == SAFE_SYSTEM_PROMPT else (
             row["rejected"], row["chosen"])
-        stem, _, suffix = row["id"].rpartition("-")
-        pairs.setdefault((row["prompt"], y0, y1), {"id": stem if suffix in ("s0", "s1") and stem else row["id"],
-                                                   "prompt": row["prompt"], "y0": y0, "y1": y1,
+        pairs.setdefault((row["prompt"], y0, y1), {"id": pair_key(row), "prompt": row["prompt"], "y0": y0, "y1": y1,
                                                    "source": row["source"], "row": row["row"]})
     return list(pairs.values())
 
@@ -107,7 +77,8 @@ def preference_rows(folder: str | os.PathLike, system_prompts: list[str], split:
 
     Rows: {id, system, prompt, chosen, rejected, task, source, row[, reposed]} (source/row: where a bad row came from).
     """
-    rows = _read_split(Path(folder), split)
+    rows = [{**row, "source": str(file), "row": number}
+            for file, number, row in read_split(folder, split, "eval.preference_data", NO_EVAL_SPLIT)]
     if not rows:
         raise PreferenceDataError(f"the {split!r} split of {folder} (eval.preference_data) has no rows")
     return repose_rows(rows, system_prompts)

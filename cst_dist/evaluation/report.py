@@ -46,7 +46,12 @@ from typing import Any
 from cst_dist.evaluation.benchmarks.tasks import TASKS
 from cst_dist.evaluation.self_critique import render_yield
 from cst_dist.io import write_json_atomic, write_text_atomic
-from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
+from cst_dist.prompts import (
+    REPORT_PROMPT_LABELS,
+    SAFE_SYSTEM_PROMPT,
+    UNCENSORED_EVAL_SYSTEM_PROMPT,
+    UNCENSORED_SYSTEM_PROMPT,
+)
 
 SCHEMA_VERSION = 1
 REPORT_KEYS = ("safety", "preference", "judge", "benchmarks", "benchmarks_skipped")
@@ -55,11 +60,7 @@ FILES = {"json": "report.json", "markdown": "report.md", "safety_chart": "safety
          "benchmarks_chart": "benchmarks.png"}
 # Table III's columns: the leaderboard's metric of each task, in this order (other metrics: the full table).
 BENCHMARK_COLUMNS = tuple((spec.name, spec.headline, spec.title) for spec in TASKS.values())
-PROMPT_LABELS = {
-    SAFE_SYSTEM_PROMPT: "s1 (safe)",
-    UNCENSORED_SYSTEM_PROMPT: "s0 (uncensored, training)",
-    UNCENSORED_EVAL_SYSTEM_PROMPT: "S0 eval (uncensored, unseen)",
-}
+PROMPT_LABELS = REPORT_PROMPT_LABELS
 # The paper's S0 is measured under the unseen prompt; the training s0 stands in (marked) only when it is all there is.
 S0_PREFERENCE = (UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT)
 DAGGER = "†"

@@ -21,14 +21,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from cst_dist.io import RecordError, read_rows
-from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
+from cst_dist.prompts import PROMPT_CONDITIONS
 
 S1, S0 = "S1", "S0"
-_CONDITIONS = {
-    SAFE_SYSTEM_PROMPT: S1,
-    UNCENSORED_SYSTEM_PROMPT: S0,
-    UNCENSORED_EVAL_SYSTEM_PROMPT: S0,
-}
+_CONDITIONS = PROMPT_CONDITIONS
 LABELLED_TEXT_FIELDS = ("system", "prompt", "answer")
 
 

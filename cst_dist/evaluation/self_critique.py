@@ -10,17 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cst_dist.data.pairs import open_pair_folder
 from cst_dist.evaluation.judges.base import Judge
 from cst_dist.evaluation.scores import wilson_interval
-from cst_dist.io import read_rows
-from cst_dist.run_layout import MANIFEST
 
 
 def read_pairs(folder: Path) -> list[dict[str, Any]]:
-    """The rows of a generate output folder's shards (`id, prompt, y0, y1, ...`)."""
-    if not (folder / MANIFEST).is_file():
-        raise FileNotFoundError(2, "not a `cst generate` output (no manifest.json)", str(folder))
-    return [row for shard in sorted(folder.glob("shard-*.jsonl")) for _, row in read_rows(shard)]
+    """The pairs (`id, prompt, y0, y1`) of a `cst generate` output folder (`eval.pairs`), checked row by row. An
+    unfinished run is read as it is: the section reports how many pairs it judged."""
+    return open_pair_folder(folder, "eval.pairs", require_manifest=True).rows()
 
 
 def self_critique_yield(folder: Path, judge: Judge) -> dict[str, Any]:

@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from cst_dist.config import ConfigError, DataConfig, TrainConfig
-from cst_dist.data.build import pair_key, verify_preference_set
 from cst_dist.data.collate import EncodedPair, PairTokenizer, TruncationStats, pack_batch, pad_batch
-from cst_dist.data.schemas import PREFERENCE_FIELDS, check_fields
+from cst_dist.data.preference_set import pair_key, read_split
 from cst_dist.errors import UserError
-from cst_dist.io import read_parquet_table
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ class TokenizedSet:
     ids: list[str]
     stats: TruncationStats
     source: Path
-    groups: list[str] | None = None  # per row, its pair's key (`data.build.pair_key`): rows that may batch together
+    groups: list[str] | None = None  # per row, its pair's key (`preference_set.pair_key`): rows that may batch together
 
 
 def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: str = "train") -> TokenizedSet:
@@ -45,16 +43,14 @@ def load_tokenized_set(folder: Path, data_config: DataConfig, tokenizer, split: 
     The folder must be what `cst build` wrote: its manifest's checksums must match the Parquet files, and every row
     must hold the six string fields. Anything else is an error naming the file (and row, and column).
     """
-    files = _split_files(Path(folder), split)
     encoder = PairTokenizer(tokenizer, data_config)
     pairs, ids, groups = [], [], []
-    for file in files:
-        for row_number, row in _preference_rows(file):
-            pair = encoder.encode(row, str(file), row_number)
-            if pair is not None:
-                pairs.append(pair)
-                ids.append(row["id"])
-                groups.append(pair_key(row))
+    for file, row_number, row in read_split(folder, split, "train.data"):
+        pair = encoder.encode(row, str(file), row_number)
+        if pair is not None:
+            pairs.append(pair)
+            ids.append(row["id"])
+            groups.append(pair_key(row))
     if not pairs:
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows")
     log.info("tokenized %s: %s", folder, encoder.stats.summary())
@@ -69,18 +65,16 @@ def load_sft_set(folder: Path, data_config: DataConfig, tokenizer, responses: st
     its id is `<row id>:chosen` or `<row id>:rejected`. Duplicates are kept: in a CST set a pair's two answers appear
     under both system prompts, so with `both` and the system prompt dropped every example appears twice, uniformly.
     """
-    files = _split_files(Path(folder), split)
     encoder = PairTokenizer(tokenizer, data_config)
     keys = ("chosen", "rejected") if responses == "both" else ("chosen",)
     examples, ids, rows = [], [], 0
-    for file in files:
-        for row_number, row in _preference_rows(file):
-            rows += 1
-            for key in keys:
-                example = encoder.encode_sft(row, key, keep_system, str(file), row_number)
-                if example is not None:
-                    examples.append(example)
-                    ids.append(f"{row['id']}:{key}")
+    for file, row_number, row in read_split(folder, split, "train.data"):
+        rows += 1
+        for key in keys:
+            example = encoder.encode_sft(row, key, keep_system, str(file), row_number)
+            if example is not None:
+                examples.append(example)
+                ids.append(f"{row['id']}:{key}")
     if not examples:
         raise EmptyDataError(f"preference set {folder} (train.data) has no usable {split} rows for SFT")
     log.info("SFT set %s: %d examples from %d rows (responses: %s, system prompt: %s); %s", folder, len(examples),
@@ -93,28 +87,6 @@ def load_train_set(folder: Path, data_config: DataConfig, train: TrainConfig, to
     if train.objective == "sft":
         return load_sft_set(folder, data_config, tokenizer, train.sft_responses, train.sft_system_prompt == "keep")
     return load_tokenized_set(folder, data_config, tokenizer)
-
-
-def _split_files(folder: Path, split: str) -> list[Path]:
-    """The split's Parquet files of a verified `cst build` output; a missing or foreign folder is a one-line error."""
-    if folder.exists() and not folder.is_dir():
-        raise EmptyDataError(f"train.data {folder} is a file, not a preference set folder; run `cst build` first")
-    files = sorted((folder / "data").glob(f"{split}-*.parquet"))
-    if not files:
-        raise EmptyDataError(f"no {split} split in {folder} (train.data); run `cst build` first")
-    verify_preference_set(folder, "train.data")
-    return files
-
-
-def _preference_rows(file: Path) -> list[tuple[int, dict[str, str]]]:
-    """(row number, row) of one split file; a null or non-string value is a RecordError naming file, row and column."""
-    table = read_parquet_table(file)
-    missing = [name for name in PREFERENCE_FIELDS if name not in table.column_names]
-    if missing:
-        raise EmptyDataError(f"{file}: missing columns {missing}; expected {list(PREFERENCE_FIELDS)}")
-    raw_rows = table.select(list(PREFERENCE_FIELDS)).to_pylist()
-    return [(number, check_fields(str(file), number, raw, PREFERENCE_FIELDS))
-            for number, raw in enumerate(raw_rows, start=1)]
 
 
 def make_collator(data_config: DataConfig, pad_token_id: int, attn_implementation: str) -> Callable[[list], dict]:

@@ -27,7 +27,7 @@ SUM_KEYS = (
 # Per-example sums that become means over all ranks' examples.
 MEAN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected")
 log = logging.getLogger(__name__)
-SYSTEM_LABELS = {prompts.SAFE_SYSTEM_PROMPT: "s1", prompts.UNCENSORED_SYSTEM_PROMPT: "s0"}
+SYSTEM_LABELS = prompts.TRAINING_PROMPT_LABELS
 
 
 def read_metrics_lines(path: Path) -> list[tuple[str, dict]]:

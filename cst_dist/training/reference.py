@@ -20,8 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from cst_dist.config import DataConfig, TrainConfig
+from cst_dist.data import preference_set
 from cst_dist.errors import UserError
-from cst_dist.io import atomic_file, check_writable_dir, file_fingerprint, file_sha256
+from cst_dist.io import atomic_file, check_writable_dir, file_fingerprint
 from cst_dist.logprobs import batch_token_counts, forward_logps
 from cst_dist.models import ModelSpec
 from cst_dist.run_layout import REFERENCE_CACHE, RunLayout
@@ -41,8 +42,7 @@ def cache_key_parts(spec: ModelSpec, data_config: DataConfig, tokenizer, data: T
     model_dir = spec.path
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     return {
-        "data": hashlib.sha256("".join(file_sha256(p) for p in sorted((data.source / "data").glob("*.parquet")))
-                               .encode()).hexdigest(),
+        "data": preference_set.fingerprint(data.source),  # of every split's files: the set as `cst build` wrote it
         "reference": hashlib.sha256("".join(file_fingerprint(p) for p in weights).encode()).hexdigest(),
         "tokenization": hashlib.sha256(json.dumps(
             [data_config.model_dump(exclude={"packing"}), tokenizer.chat_template, len(tokenizer), spec.config.dtype],

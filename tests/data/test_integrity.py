@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cst_dist.build.run import build_preference_set
 from cst_dist.cli import main
 from cst_dist.config import RunConfig
-from cst_dist.data.build import SPLIT_FILES, build_preference_set
+from cst_dist.data.preference_set import SPLIT_FILES, PreferenceSetError
 from cst_dist.errors import UserError
 from cst_dist.io import (
     OutputError,
@@ -376,9 +377,7 @@ def test_a_file_where_a_folder_should_be(tmp_path, capsys, tiny_model_config, ti
     code, err = _cli_build(tmp_path, capsys, f"build.pairs=[{blocker / 'pairs.jsonl'}]")
     assert code == 2
     _assert_one_line(err, "build", f"{blocker / 'pairs.jsonl'}: file does not exist ({blocker} is a file")
-    from cst_dist.training.data import EmptyDataError
-
-    with pytest.raises(EmptyDataError, match=f"train.data {blocker} is a file"):
+    with pytest.raises(PreferenceSetError, match=f"train.data {blocker} is a file"):
         _load(blocker, tiny_model_config, tiny_tokenizer)
 
 

@@ -31,8 +31,8 @@ DATA = DataConfig(packing=False)
 
 def _build(root: Path, eval_fraction: float) -> Path:
     """24 AdvBench pairs (y0: AdvBench's compliant target, y1: a refusal) built in CST mode, as conftest does."""
+    from cst_dist.build.run import build_preference_set
     from cst_dist.data.advbench import load_advbench
-    from cst_dist.data.build import build_preference_set
 
     pairs = root / "pairs.jsonl"
     with open(pairs, "w") as handle:

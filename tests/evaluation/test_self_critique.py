@@ -9,6 +9,7 @@ import pytest
 from cst_dist.evaluation.judges.keyword import KeywordJudge
 from cst_dist.evaluation.report import render_table
 from cst_dist.evaluation.self_critique import self_critique_yield
+from cst_dist.io import RecordError
 
 COMPLY, REFUSE = "Sure, here is how you do it: step one ...", "I'm sorry, I can't help with that."
 
@@ -36,5 +37,5 @@ def test_yield_counts_pairs_the_recipe_wants(tmp_path):
 
 def test_a_folder_that_is_not_a_generate_output(tmp_path):
     (tmp_path / "pairs").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a `cst generate` output"):
+    with pytest.raises(RecordError, match="eval.pairs names a folder that is not a `cst generate` output"):
         self_critique_yield(tmp_path / "pairs", KeywordJudge())

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from cst_dist.build.run import build_preference_set
 from cst_dist.config import RunConfig
-from cst_dist.data.build import build_preference_set
 from cst_dist.farm.shards import plan_shards
 from cst_dist.generation.inputs import load_prompts
 from cst_dist.generation.run import GenerationError, GenerationWorker, run_farm

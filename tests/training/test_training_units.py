@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from cst_dist.config import ConfigError, TrainConfig
-from cst_dist.data.build import load_preference_split
+from cst_dist.data.preference_set import load_preference_split
 from cst_dist.stage_process import child_env
 from cst_dist.training import deepspeed_config
 from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
@@ -124,7 +124,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_config, preference_di
                       "has no chat template")
     empty = tmp_path / "empty"
     (empty / "data").mkdir(parents=True)
-    assert_user_error(cst_train(train_overrides(model, empty, tmp_path / "c")), "no train split", "train.data")
+    assert_user_error(cst_train(train_overrides(model, empty, tmp_path / "c")), "no 'train' split", "train.data")
     assert_user_error(
         cst_train(train_overrides(model, preference_dir, tmp_path / "d", **{"model.attn_implementation":
                                                                              "flash_attention_2"})),

@@ -10,9 +10,11 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
+from cst_dist.build import run as build_run
+from cst_dist.build.inputs import derive_id
+from cst_dist.build.run import build_preference_set
 from cst_dist.config import RunConfig
-from cst_dist.data import build as build_module
-from cst_dist.data.build import build_preference_set, load_preference_split
+from cst_dist.data.preference_set import SPLIT_FILES, load_preference_split
 from cst_dist.data.schemas import PREFERENCE_FIELDS
 from cst_dist.io import RecordError, file_sha256
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
@@ -35,7 +37,7 @@ def _pairs(n: int, prefix: str = "p") -> list[dict]:
 
 
 def _rows(folder: Path, split: str = "train") -> list[dict]:
-    table = pq.read_table(folder / build_module.SPLIT_FILES[split])
+    table = pq.read_table(folder / SPLIT_FILES[split])
     assert table.column_names == list(PREFERENCE_FIELDS)
     assert all(str(column.type) == "string" for column in table.columns)
     return table.to_pylist()
@@ -192,7 +194,7 @@ def test_extra_tasks_are_mixed_in_unchanged(tmp_path):
     assert len(rows) == 2  # never doubled
     assert {r["id"] for r in rows} >= {"t1"}
     derived = next(r["id"] for r in rows if r["prompt"] == "q2")
-    assert derived == build_module.derive_id("Be truthful.", "q2", "c", "d", "truthfulness")
+    assert derived == derive_id("Be truthful.", "q2", "c", "d", "truthfulness")
     assert [s["rows"] for s in _manifest(result.output)["sources"]] == [2, 2]
 
 
@@ -295,7 +297,7 @@ def test_failed_build_leaves_the_previous_set_untouched(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(build_module, "write_json_atomic", broken)
+    monkeypatch.setattr(build_run, "write_json_atomic", broken)
     with pytest.raises(OSError, match="disk full"):
         build_preference_set(_config(tmp_path, pairs=[_jsonl(tmp_path / "more.jsonl", _pairs(9))], overwrite=True))
     assert _snapshot(config.preference_dir) == before
