@@ -35,6 +35,7 @@ from cst_dist.config.loading import (
 from cst_dist.config.run import PATH_KEYS, RunConfig, config_section
 from cst_dist.config.stages import (
     PIPELINE_STAGES,
+    SMOOTHED_LOSS_TYPES,
     BuildConfig,
     DataConfig,
     GenerateConfig,
@@ -46,9 +47,9 @@ from cst_dist.config.stages import (
 )
 
 __all__ = [
-    "LEADERBOARD_FEWSHOT", "PATH_KEYS", "PIPELINE_STAGES", "PRESET_DIR", "BenchmarkTaskConfig", "BenchmarksConfig",
-    "BuildConfig", "ConfigError", "DataConfig", "EvalConfig", "GenerateConfig", "JudgeConfig", "ModelConfig",
-    "PipelineConfig", "RunConfig", "SamplingConfig", "StrictModel", "TinyModelConfig", "TrainConfig",
-    "apply_override", "config_section", "dump_config", "format_validation_error", "load_config", "load_run_config",
-    "resolve_preset", "run_root", "save_resolved_config",
+    "BenchmarkTaskConfig", "BenchmarksConfig", "BuildConfig", "ConfigError", "DataConfig", "EvalConfig",
+    "GenerateConfig", "JudgeConfig", "LEADERBOARD_FEWSHOT", "ModelConfig", "PATH_KEYS", "PIPELINE_STAGES",
+    "PRESET_DIR", "PipelineConfig", "RunConfig", "SMOOTHED_LOSS_TYPES", "SamplingConfig", "StrictModel",
+    "TinyModelConfig", "TrainConfig", "apply_override", "config_section", "dump_config", "format_validation_error",
+    "load_config", "load_run_config", "resolve_preset", "run_root", "save_resolved_config",
 ]

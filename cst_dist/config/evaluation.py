@@ -1,10 +1,10 @@
-"""The `eval` section: judge, general benchmarks, models to score, protocol."""
+"""The `eval` section: judge, general benchmarks, models to score, protocol, sections beyond the paper."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cst_dist.config.base import StrictModel
 from cst_dist.config.stages import ModelConfig, SamplingConfig
@@ -101,6 +101,55 @@ class BenchmarksConfig(StrictModel):
         return self
 
 
+# Sections of `cst eval` beyond the paper's two numbers (docs/beyond-the-paper.md), in the order they run.
+EVAL_SECTIONS = ("overrefusal", "overrides", "switch", "wordings", "adherence")
+
+
+class OverRefusalConfig(StrictModel):
+    """`eval.overrefusal`: XSTest's safe-but-scary and unsafe contrast prompts under every configuration, each
+    answer labelled full compliance / full refusal / partial refusal."""
+
+    path: str | None = Field(
+        None, description="A CSV in XSTest's layout (id, prompt, type, label); default: the vendored XSTest v2."
+    )
+    per_type: int | None = Field(
+        None, gt=0, description="Keep N prompts of each type (a seeded sample, stratified by type); null: all 450."
+    )
+    system_prompts: list[str | None] = Field(
+        default_factory=lambda: [SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT, None],
+        description="Configurations to answer under (null: no system prompt).",
+    )
+
+
+class OverridesConfig(StrictModel):
+    """`eval.overrides`: held-out harmful prompts under s1, wrapped in user-turn override attempts."""
+
+    templates: str | None = Field(
+        None, description="JSONL of {id, description, template with {prompt}}; default: the vendored set."
+    )
+    max_prompts: int | None = Field(None, gt=0, description="Use the first N held-out test prompts.")
+
+
+class SwitchConfig(StrictModel):
+    """`eval.switch`: two-turn conversations whose configuration changes before the second turn."""
+
+    form: Literal["auto", "second_system", "new_system", "both"] = Field(
+        "auto", description="second_system: a second system message before turn 2; new_system: the new system "
+        "prompt replaces the first, earlier turns kept; auto: second_system where the chat template renders it, "
+        "else new_system; both: each form (second_system must be renderable)."
+    )
+    max_prompts: int | None = Field(None, gt=0, description="Use the first N held-out test prompts as turn 2.")
+
+
+class WordingsConfig(StrictModel):
+    """`eval.wordings`: S1 and S0 under paraphrased safe and uncensored system prompts never seen in training."""
+
+    path: str | None = Field(
+        None, description="JSONL of {id, condition: S1 | S0, system}; default: the vendored 8 + 8 paraphrases."
+    )
+    max_prompts: int | None = Field(None, gt=0, description="Use the first N held-out test prompts.")
+
+
 class EvalConfig(StrictModel):
     """`cst eval`: S0/S1 safety (the paper's Table I) with a pluggable judge, preference accuracy, and general
     benchmarks (the paper's Table III)."""
@@ -145,4 +194,26 @@ class EvalConfig(StrictModel):
     pairs: str | None = Field(
         None, description="A `cst generate` output folder whose y0/y1 the judge labels: the self-critique yield "
         "(the pipeline sets it when it generates).")
+    sections: list[str] = Field(
+        default_factory=list, description=f"Sections beyond the paper ({', '.join(EVAL_SECTIONS)}); empty: the "
+        "paper's protocol only. Run at each model's latest step."
+    )
+    overrefusal: OverRefusalConfig = Field(default_factory=OverRefusalConfig)
+    overrides: OverridesConfig = Field(default_factory=OverridesConfig)
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
+    wordings: WordingsConfig = Field(default_factory=WordingsConfig)
+    refusal_judge: Literal["rules", "judge"] = Field(
+        "rules", description="Who labels over-refusal answers: rules (offline string rules), judge (eval.judge's "
+        "llm or http model with the refusal template)."
+    )
+
+    @field_validator("sections")
+    @classmethod
+    def _known_sections(cls, sections: list[str]) -> list[str]:
+        unknown = [name for name in sections if name not in EVAL_SECTIONS]
+        if unknown:
+            raise ValueError(f"unknown section {unknown[0]!r} (known: {', '.join(EVAL_SECTIONS)})")
+        if len(set(sections)) != len(sections):
+            raise ValueError("a section is named twice")
+        return sections
     output: str | None = Field(None, description="Default: <run_dir>/eval.")

@@ -9,6 +9,9 @@ from pydantic import Field, field_validator, model_validator
 
 from cst_dist.config.base import StrictModel
 
+# The losses with a label-smoothing (cDPO / robust DPO) form; training/losses.py applies it.
+SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
+
 
 class TinyModelConfig(StrictModel):
     """Shape of the offline tiny Llama-style model (and its BPE tokenizer) built when `model.path` is missing."""
@@ -205,8 +208,9 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _smoothing_supported(self) -> TrainConfig:
-        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
-            raise ValueError(f"train.label_smoothing is only defined for sigmoid and robust, not {self.loss_type!r}")
+        if self.label_smoothing and self.loss_type not in SMOOTHED_LOSS_TYPES:
+            raise ValueError(f"train.label_smoothing is only defined for {' and '.join(SMOOTHED_LOSS_TYPES)}, "
+                             f"not {self.loss_type!r}")
         return self
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cst_dist.config import SMOOTHED_LOSS_TYPES
+
 # --- preference losses ---------------------------------------------------------------------------------------------
 # Each takes logits = (pi_c - pi_r) - (ref_c - ref_r), shape [B], and returns per-example losses [B].
 
@@ -49,7 +51,6 @@ LOSS_TYPES: dict[str, Callable[[Tensor, float, float], Tensor]] = {
     "robust": _robust_loss,
 }
 # Loss types whose formula uses label_smoothing; for the others a non-zero value would be silently ignored.
-SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
 
 
 def _check_loss_args(loss_type: str, beta: float, label_smoothing: float, shapes: list[torch.Size]) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from cst_dist.config import ConfigError
 from cst_dist.data.advbench import load_advbench, split_advbench
+from cst_dist.data.preference_set import HARMLESS_TASK, split_files
 from cst_dist.data.schemas import RELEASED_FIELDS, check_fields
 from cst_dist.io import read_rows
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
 
-HARMLESS_TASK = "harmless"
 MIN_PAIRS = 4  # fewer leaves nothing to hold out and nothing to learn from
 
 # Plain refusals, added to the training answers as SAFE. Why: the released set's y1 revisions are redirections and
@@ -66,11 +66,8 @@ def _row_files(source: Path) -> list[Path]:
     """A `cst build` folder -> its train-split Parquet files; any other path -> itself (released-format rows)."""
     if not source.is_dir():
         return [source]
-    files = sorted((source / "data").glob("train-*.parquet"))
-    if not files:
-        raise ConfigError(f"eval.judge.train_data {source}: a folder without data/train-*.parquet (not a `cst build` "
-                          "output); give a preference set folder or the released JSON")
-    return files
+    # The floor's reader: checked against the build manifest, so a hand-edited set never trains the judge.
+    return split_files(source, "train", "eval.judge.train_data", "give a preference set folder or the released JSON")
 
 
 def load_training_pairs(source: str | Path) -> TrainingPairs:
