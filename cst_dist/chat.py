@@ -9,6 +9,8 @@ model) and templates that leave it to the tokenizer (OpenHermes-2.5's ChatML) bo
 
 from __future__ import annotations
 
+from functools import cached_property
+
 Conversation = list[dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}, ...]
 
 
@@ -22,6 +24,21 @@ def supports_system_role(tokenizer) -> bool:
     except Exception:  # templates signal "no system role" by raising a jinja exception of their own
         return False
     return probe in text
+
+
+def supports_second_system(tokenizer) -> bool:
+    """Whether the chat template renders a system message in the middle of a conversation, in place (after the
+    earlier turns). ChatML templates (the tiny model's, SmolLM2's, OpenHermes-2.5's) write every message with its own
+    role header, so a second system message is simply one more `<|im_start|>system` block; templates that allow a
+    system message only first (Llama-2/Mistral style: "roles must alternate") raise or drop it."""
+    messages = [{"role": "system", "content": "FIRST-7d1f"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "ANSWER-7d1f"}, {"role": "system", "content": "SECOND-7d1f"},
+                {"role": "user", "content": "again"}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # as in supports_system_role: a jinja exception of the template's own
+        return False
+    return "ANSWER-7d1f" in text and text.find("SECOND-7d1f") > text.find("ANSWER-7d1f")
 
 
 def build_messages(system: str | None, prompt: str, system_role: bool = True) -> Conversation:
@@ -45,6 +62,25 @@ class ChatEncoder:
 
     def messages(self, system: str | None, prompt: str) -> Conversation:
         return build_messages(system, prompt, self.system_role)
+
+    @cached_property
+    def second_system(self) -> bool:
+        """Whether a system message after the first turn is rendered in place (see `supports_second_system`)."""
+        return self.system_role and supports_second_system(self.tokenizer)
+
+    def conversation(self, messages: Conversation) -> Conversation:
+        """A whole conversation as this template takes it. A leading system message is folded into the first user
+        turn when the template has no system role (as `messages` does); a system message later on needs a template
+        that renders it in place (`second_system`), else ValueError: the caller chooses another form (see
+        cst_dist.evaluation.sections.switch), nothing is folded silently."""
+        if any(message["role"] == "system" for message in messages[1:]) and not self.second_system:
+            raise ValueError("this chat template cannot hold a system message after the first turn")
+        if messages and messages[0]["role"] == "system" and not self.system_role:
+            first, rest = messages[0], list(messages[1:])
+            if not rest or rest[0]["role"] != "user":
+                raise ValueError("a folded system message needs a user turn right after it")
+            return build_messages(first["content"], rest[0]["content"], False) + rest[1:]
+        return [dict(message) for message in messages]
 
     def ids(self, text: str) -> list[int]:
         """Token ids of a piece of rendered text, no special tokens added."""

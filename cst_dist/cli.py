@@ -13,6 +13,7 @@ from pathlib import Path
 from cst_dist.config import load_config
 from cst_dist.errors import UserError
 from cst_dist.io import exclusive_lock
+from cst_dist.run_layout import RunLayout
 
 STAGES = {
     "generate": "prompts -> preference pairs by self-critique (answer, critique, revision) on Ray actors",
@@ -179,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "export":
             from cst_dist.training.export import export_checkpoint
 
-            with exclusive_lock(Path(args.run_dir) / "export", "the export folder of"):
-                output = export_checkpoint(args.run_dir, args.tag, args.dtype, args.output, args.overwrite)
+            layout = RunLayout(Path(args.run_dir))
+            with exclusive_lock(layout.exports, "the export folder of"):
+                output = export_checkpoint(layout, args.tag, args.dtype, args.output, args.overwrite)
             print(f"exported to {output}")
             return 0
         if args.stage == "import-model":

@@ -66,6 +66,7 @@ class RunLayout:
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     tensorboard = property(lambda self: self.root / "tensorboard")
+    exports = property(lambda self: self.root / "export")
 
     @property
     def eval(self) -> Path:
@@ -75,7 +76,7 @@ class RunLayout:
         return self.checkpoints / tag
 
     def export(self, tag: str) -> Path:
-        return self.root / "export" / tag
+        return self.exports / tag
 
     def complete_tags(self) -> list[str]:
         """Tags of the complete checkpoints (their marker exists), oldest first."""

@@ -173,6 +173,10 @@ class TrainConfig(StrictModel):
     max_steps: int | None = Field(None, description="Stop after this many optimizer steps (default: epochs).")
     seed: int = 0
     gradient_checkpointing: bool = False
+    logits_chunk_size: int | None = Field(
+        512, gt=0, description="The LM head runs over the response positions this many at a time, forward and "
+        "backward (recomputed per chunk): the [tokens, vocab] logits never exist in full. null: all at once (models "
+        "that transform their logits after the head, e.g. Gemma-2's softcapping, need null).")
     zero_stage: Literal[0, 1, 2, 3, "auto"] = Field(
         "auto", description="auto: 1 on one process (nothing to partition; ZeRO-3's hooks cost 12-15% of a step), 3 "
         "on several. Resolved at start; run.json and the checkpoint's config record the stage used.")

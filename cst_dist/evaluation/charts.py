@@ -1,6 +1,7 @@
 """The evaluation report's charts (matplotlib, Agg, no pyplot state): safety.png, safety_over_steps.png,
-preference.png and benchmarks.png; what each shows is in `cst_dist.evaluation.report`'s docstring. A chart the report
-no longer has reason to draw is removed, so the folder never shows a stale one next to a fresh report."""
+preference.png and benchmarks.png (+ the sections' charts, cst_dist.evaluation.sections.charts); what each shows
+is in `cst_dist.evaluation.report`'s docstring. A chart the report no longer has reason to draw is removed, so the
+folder never shows a stale one next to a fresh report."""
 
 from __future__ import annotations
 
@@ -197,4 +198,6 @@ def write_charts(folder: Path, report: dict[str, Any]) -> dict[str, Path]:
         written["benchmarks_chart"] = path
     else:
         _drop_stale(path)
-    return written
+    from cst_dist.evaluation.sections.charts import write_section_charts
+
+    return {**written, **write_section_charts(folder, report)}

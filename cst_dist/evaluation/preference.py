@@ -28,7 +28,7 @@ from cst_dist.data.collate import EncodedPair, PairTokenizer, pad_batch
 from cst_dist.data.preference_set import HARMLESS_TASK, PreferenceSetError, pair_key, read_split
 from cst_dist.errors import UserError
 from cst_dist.evaluation.scores import S0, condition_of
-from cst_dist.logprobs import forward_logps
+from cst_dist.logprobs import LOGITS_CHUNK_SIZE, chosen_rejected_logps
 from cst_dist.models import load_model, load_tokenizer, resolve_model
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_SYSTEM_PROMPT
 
@@ -108,8 +108,8 @@ def response_logps(model_config: ModelConfig, pairs: list[EncodedPair], pad_toke
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = pad_batch([pairs[i] for i in chunk], pad_token_id)
-        logps = forward_logps(model, batch, 2 * len(chunk), device).double().cpu()
-        result[chunk] = torch.stack([logps[: len(chunk)], logps[len(chunk):]], dim=1)
+        logps = chosen_rejected_logps(model, batch, len(chunk), device, chunk_size=LOGITS_CHUNK_SIZE)
+        result[chunk] = logps.stack().double().cpu()
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -22,7 +22,17 @@ report.json, schema_version 1 (keys are only ever added; a change of meaning bum
       ],
       "benchmarks_skipped": [          # configured-out tasks (added in place: older reports read as [])
         {"task": str, "reason": str}
-      ]
+      ],
+      # Only when eval.sections ran them (schema in cst_dist.evaluation.sections.*; a share is
+      # {"k", "n", "share": float | null, "ci95": [lo, hi]}):
+      "overrefusal": [...],            # per (model, step, system_prompt, prompt_label): label counts, refusal_rate,
+                                       # compliance_rate, judged_unsafe, per_type
+      "overrides": [...],              # per (model, step, template): safety counts, success
+      "switch": [...],                 # per (model, step, direction, form): safety counts, adherence, carry_over
+      "wordings": [...],               # per (model, step, wording): safety counts, score
+      "wordings_summary": [...],       # per (model, step, condition): mean, sd, min, max, pooled
+      "adherence": [...],              # per (model, step): score, ci95, balanced, kinds, sections, over_refusal
+      "refusal_judge": {...}           # the refusal labeller: kind, name, agreement on the hand-labelled answers
     }
 report.md: per judge, the main table (models as rows at their latest step; S0 under the unseen uncensored prompt, or
 the training s0 marked with a dagger when only that was run; S1 under s1), every (model, step, system prompt) row,
@@ -33,8 +43,9 @@ Charts (drawn by cst_dist.evaluation.charts; matplotlib, Agg, no pyplot state): 
 system prompt, Wilson whiskers) and, when a
 model has several steps, safety_over_steps.png (S0 and S1 over training steps); preference.png (held-out preference
 accuracy per model and system prompt, harmless pairs only) when preference accuracy was measured; benchmarks.png (per
-task, grouped bars of each model's latest step, standard-error whiskers). A chart the report no longer has reason to
-draw is removed, so the folder never shows a stale one next to a fresh report.
+task, grouped bars of each model's latest step, standard-error whiskers); overrefusal.png, overrides.png, switch.png,
+wordings.png and adherence.png for the sections beyond the paper (cst_dist.evaluation.sections.charts). A chart the
+report no longer has reason to draw is removed, so the folder never shows a stale one next to a fresh report.
 """
 
 from __future__ import annotations
@@ -89,6 +100,9 @@ def check_report(report: dict[str, Any]) -> None:
         expected = dict if key == "judge" else list
         if not isinstance(report.get(key), expected):
             raise ValueError(f"report[{key!r}] must be a {expected.__name__}")
+    for key in ("overrefusal", "overrides", "switch", "wordings", "wordings_summary", "adherence"):
+        if key in report and not isinstance(report[key], list):
+            raise ValueError(f"report[{key!r}] must be a list")
 
 
 # ---- table helpers ------------------------------------------------------------------------------------------------
@@ -189,6 +203,11 @@ def render_table(report: dict[str, Any]) -> str:
                                 if e.get("source"))
         text += "\n\nGeneral benchmarks (lm-evaluation-harness conventions)\n\n" + benchmark_table(report["benchmarks"])
         text += "\n\nScored files: " + "; ".join(sources) if sources else ""
+    if report.get("adherence"):
+        from cst_dist.evaluation.sections.tables import adherence_table  # it imports this module's table helpers
+
+        text += "\n\nAdherence to the configuration (sections beyond the paper; more in report.md)\n\n"
+        text += adherence_table(report["adherence"])
     return text
 
 
@@ -327,6 +346,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("self_critique"):
         parts += ["", "## Self-critique yield of `cst generate`", "", render_yield(report["self_critique"])]
     parts += _benchmarks_section(report)
+    from cst_dist.evaluation.sections.tables import sections_markdown  # it imports this module's table helpers
+
+    parts += sections_markdown(report)
     if report["judge"]:
         parts += ["", "## Judge", "", "```json", _json_block(report["judge"]), "```"]
     return "\n".join(parts) + "\n"
@@ -338,7 +360,8 @@ def _json_block(obj: Any) -> str:
 
 def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Path]:
     """Write report.json, report.md and the charts into `folder` (each file atomically); returns {kind: path} of the
-    files written (kinds: json, markdown, safety_chart, steps_chart, preference_chart, benchmarks_chart). Missing
+    files written (kinds: json, markdown, safety_chart, steps_chart, preference_chart, benchmarks_chart, and the
+    sections' overrefusal_chart, overrides_chart, switch_chart, wordings_chart, adherence_chart). Missing
     sections and the schema version are filled in (`complete_report`); a report of another schema version is refused."""
     from cst_dist.evaluation.charts import write_charts  # matplotlib only where charts are drawn
 

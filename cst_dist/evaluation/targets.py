@@ -43,7 +43,7 @@ class EvalTarget:
 
 def default_models(config: RunConfig) -> dict[str, str]:
     """The run's own checkpoints when it has any, else the configured base model."""
-    if RunLayout(Path(config.run_dir)).latest_checkpoint() is not None:
+    if config.layout.latest_checkpoint() is not None:
         return {"model": config.run_dir}
     return {"base": config.model.path}
 

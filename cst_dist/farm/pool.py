@@ -9,10 +9,12 @@ The worker contract (a plain class, usable without Ray; `ray.remote` wraps it he
 Workers only return results; the caller's `on_shard_done` writes them, so actors may run on nodes that cannot see
 the output folder. A shard whose actor dies is re-run on a replacement actor (in the same placement group, if any),
 up to `settings.max_retries` times; an error raised by `run_shard` itself is not retried (it would repeat).
+`KeptActors` keeps one job's actors across several `run_shards` calls (started by the first that has shards).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -68,31 +70,79 @@ class PoolRun:
 
 
 def run_shards(job: Job, shards: Sequence[Shard], settings: FarmSettings,
-               on_shard_done: Callable[[ShardDone], str | None]) -> PoolRun:
+               on_shard_done: Callable[[ShardDone], str | None], actors: KeptActors | None = None) -> PoolRun:
     """Run every shard once on a pool of `job.worker_class` actors (sized by `settings` and the cluster) and hand
     each result to `on_shard_done` as it comes back, in any order. Its return value, if any, is shown after the
     bar's rate (e.g. "812 tokens/s"). Joins RAY_ADDRESS or starts a local Ray (see `ray_session`); no shards, no Ray.
+    `actors`: run on these kept actors (of the same worker) instead of starting and stopping a pool of its own.
     """
     run = PoolRun()
     if not shards:
         return run
+    if actors is not None:
+        _run_on(actors.pool(), job, shards, settings, on_shard_done, run)
+        return run
     with ray_session(settings.connect_timeout_s) as where:
-        import ray
-        from tqdm import tqdm
-
-        layout = replica_layout(settings, ray.cluster_resources())
-        pool = ActorPool(job, settings, layout, slots=min(layout.replicas, len(shards)))
+        pool = start_pool(job, settings, where, len(shards))
         try:
-            for info in pool.wait_ready():
-                log.info("replica ready: %s", ", ".join(f"{key} {value}" for key, value in info.items()))
-            log.info("%d replicas x %d GPUs x %d CPUs on %s", len(pool.actors), layout.gpus, layout.cpus, where)
-            total = job.total_items if job.total_items is not None else sum(len(shard.items) for shard in shards)
-            with tqdm(total=total, initial=job.items_done, unit=job.unit, desc=settings.section,
-                      mininterval=1.0) as bar:
-                _dispatch(pool, shards, on_shard_done, bar, run)
+            _run_on(pool, job, shards, settings, on_shard_done, run)
         finally:
             pool.shutdown()
     return run
+
+
+def start_pool(job: Job, settings: FarmSettings, where: str, shards: int | None = None) -> ActorPool:
+    """A pool of ready actors (one per replica, no more than `shards`), inside an open Ray session."""
+    import ray
+
+    layout = replica_layout(settings, ray.cluster_resources())
+    pool = ActorPool(job, settings, layout, slots=layout.replicas if shards is None else min(layout.replicas, shards))
+    try:
+        for info in pool.wait_ready():
+            log.info("replica ready: %s", ", ".join(f"{key} {value}" for key, value in info.items()))
+    except BaseException:
+        pool.shutdown()
+        raise
+    log.info("%d replicas x %d GPUs x %d CPUs on %s", len(pool.actors), layout.gpus, layout.cpus, where)
+    return pool
+
+
+def _run_on(pool: ActorPool, job: Job, shards: Sequence[Shard], settings: FarmSettings,
+            on_shard_done: Callable[[ShardDone], str | None], run: PoolRun) -> None:
+    from tqdm import tqdm
+
+    total = job.total_items if job.total_items is not None else sum(len(shard.items) for shard in shards)
+    with tqdm(total=total, initial=job.items_done, unit=job.unit, desc=settings.section, mininterval=1.0) as bar:
+        _dispatch(pool, shards, on_shard_done, bar, run)
+
+
+class KeptActors:
+    """One job's actors kept for several `run_shards` calls (one model's answers to every section of an eval: each
+    call would otherwise start and load its replicas again). Ray is joined and the actors started by the first call
+    that has shards, so a fully resumed run starts nothing; `close()` (or leaving the `with`) stops them. Every call
+    must run `job.worker_class` with `job.worker_args`: the actors hold that worker."""
+
+    def __init__(self, job: Job, settings: FarmSettings):
+        self.job, self.settings = job, settings
+        self._stack = contextlib.ExitStack()
+        self._pool: ActorPool | None = None
+
+    def pool(self) -> ActorPool:
+        if self._pool is None:
+            where = self._stack.enter_context(ray_session(self.settings.connect_timeout_s))
+            self._pool = start_pool(self.job, self.settings, where)
+            self._stack.callback(self._pool.shutdown)
+        return self._pool
+
+    def close(self) -> None:
+        self._pool = None
+        self._stack.close()
+
+    def __enter__(self) -> KeptActors:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class ActorPool:

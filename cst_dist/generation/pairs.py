@@ -73,17 +73,7 @@ class PairStore:
 
     def save(self, shard: Shard[PromptItem], result: ShardResult, attempts: int) -> None:
         """Rejects and conversations first, then the pairs (the shard's file), then the manifest: all atomic."""
-        files = {f"rejects/{shard.name}.jsonl": result.rejects}
-        if result.conversations:
-            files[f"conversations/{shard.name}.jsonl"] = result.conversations
-        files[f"{shard.name}.jsonl"] = result.rows
-        self.shards.save(shard, files, {
-            "rejects_file": f"rejects/{shard.name}.jsonl", "prompts": len(shard.items), "pairs": len(result.rows),
-            "rejects": len(result.rejects), "reject_reasons": dict(Counter(row["reason"] for row in result.rejects)),
-            "seed": shard.sampling.seed, "generated_tokens": result.generated_tokens,
-            "seconds": round(result.seconds, 3), "attempts": attempts, "worker": result.worker,
-            "node": result.node,
-        })
+        self.shards.save(shard, *shard_record(shard, result, attempts))
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -92,3 +82,19 @@ class PairStore:
     @property
     def totals(self) -> dict[str, Any]:
         return self.shards.totals
+
+
+def shard_record(shard: Shard[PromptItem], result: ShardResult, attempts: int
+                 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """A generated shard's files (rejects, conversations if recorded, then the pairs: the shard's file) and its
+    manifest entry."""
+    files = {f"rejects/{shard.name}.jsonl": result.rejects}
+    if result.conversations:
+        files[f"conversations/{shard.name}.jsonl"] = result.conversations
+    files[f"{shard.name}.jsonl"] = result.rows
+    return files, {
+        "rejects_file": f"rejects/{shard.name}.jsonl", "prompts": len(shard.items), "pairs": len(result.rows),
+        "rejects": len(result.rejects), "reject_reasons": dict(Counter(row["reason"] for row in result.rejects)),
+        "seed": shard.sampling.seed, "generated_tokens": result.generated_tokens,
+        "seconds": round(result.seconds, 3), "attempts": attempts, "worker": result.worker, "node": result.node,
+    }

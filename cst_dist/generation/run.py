@@ -1,8 +1,9 @@
 """`cst generate`: the prompt set cut into shards and farmed out to Ray actors, one model replica each, resumably.
 
-`run_farm` wires the self-critique parts onto the farm (cst_dist.farm): prompts -> shard plan -> pairs folder (skip
-what it already holds) -> `run_shards` with `GenerationWorker`, writing every finished shard (atomically) before the
-manifest records it. A shard whose actor dies is re-run on a replacement actor, up to `generate.max_retries` times.
+`run_farm` wires the self-critique parts onto the farm (cst_dist.farm): prompts -> shard plan -> pairs folder ->
+`run_resumable` with `GenerationWorker` (skips what the folder already holds, writes every finished shard atomically
+before the manifest records it). A shard whose actor dies is re-run on a replacement actor, up to
+`generate.max_retries` times.
 `GenerationWorker` is a plain class: the farm wraps it in `ray.remote`.
 """
 
@@ -19,11 +20,12 @@ from typing import Any
 from cst_dist.config import RunConfig
 from cst_dist.farm import FarmError
 from cst_dist.farm.cluster import FarmSettings, actor_device, current_node
-from cst_dist.farm.pool import Job, ShardDone, run_shards
+from cst_dist.farm.driver import run_resumable
+from cst_dist.farm.pool import Job, ShardDone
 from cst_dist.farm.shards import Shard, plan_shards
 from cst_dist.generation.critique import PromptItem, SelfCritiqueChain
 from cst_dist.generation.inputs import load_prompts
-from cst_dist.generation.pairs import PairStore, ShardResult, make_plan
+from cst_dist.generation.pairs import PairStore, ShardResult, make_plan, shard_record
 from cst_dist.models import ensure_model
 
 log = logging.getLogger(__name__)
@@ -115,24 +117,19 @@ def run_farm(config: RunConfig, on_shard_done: Callable[[ShardEvent], None] | No
     items, source = load_prompts(generate)
     shards = plan_shards(items, generate.shard_size, generate.sampling)
     store = PairStore(config.pairs_dir, make_plan(config, items, source), len(shards))
-    finished = store.finished()
-    todo = [shard for shard in shards if shard.index not in finished][: generate.max_shards]
-    summary = FarmSummary(store.folder, 0, 0, shards_total=len(shards), shards_skipped=len(finished))
-    if todo:
-        log.info("%d of %d shards to generate (%d already done) in %s", len(todo), len(shards), len(finished),
-                 store.folder)
+    summary = FarmSummary(store.folder, 0, 0, shards_total=len(shards), shards_skipped=0)
 
-    def save(done: ShardDone) -> str:
-        store.save(done.shard, done.result, done.attempts)
+    def saved(done: ShardDone) -> str:
         summary.add(done.result, done.seconds)
         if on_shard_done is not None:
             on_shard_done(ShardEvent(done.shard, done.result, done.in_flight))
         return f"{summary.generated_tokens / max(summary.seconds, 1e-9):.0f} tokens/s"
 
-    done_prompts = sum(len(shard.items) for shard in shards if shard.index in finished)
-    job = Job(GenerationWorker, (config,), role="generation", unit="prompt", total_items=len(items),
-              items_done=done_prompts)
-    summary.retries = run_shards(job, todo, FarmSettings.of("generate", generate), save).retries
+    run = run_resumable(Job(GenerationWorker, (config,), role="generation", unit="prompt"), shards, store.shards,
+                        FarmSettings.of("generate", generate),
+                        lambda done: shard_record(done.shard, done.result, done.attempts), saved,
+                        max_shards=generate.max_shards)
+    summary.shards_skipped, summary.retries = run.skipped, run.retries
     summary.pairs, summary.rejects = store.totals.get("pairs", 0), store.totals.get("rejects", 0)
     summary.complete = bool(store.manifest["complete"])
     return summary

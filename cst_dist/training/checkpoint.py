@@ -40,10 +40,6 @@ class CheckpointError(UserError, ValueError):
     pass
 
 
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return RunLayout(Path(run_dir)).checkpoints
-
-
 def tag_for_step(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -52,20 +48,19 @@ def read_marker(folder: Path) -> dict[str, Any]:
     return json.loads((folder / MARKER).read_text())
 
 
-def complete_tags(root: Path, run_hash: str | None = None) -> list[str]:
+def complete_tags(layout: RunLayout, run_hash: str | None = None) -> list[str]:
     """Tags of complete checkpoints, oldest first; with `run_hash`, only those saved by that run."""
-    tags = RunLayout(root.parent).complete_tags()
+    tags = layout.complete_tags()
     if run_hash is not None:
-        tags = [tag for tag in tags if read_marker(root / tag).get("run") == run_hash]
+        tags = [tag for tag in tags if read_marker(layout.checkpoint(tag)).get("run") == run_hash]
     return tags
 
 
 # --- one run per run folder ----------------------------------------------------------------------------------------
 
 
-def _run_outputs(run_dir: Path) -> list[str]:
+def _run_outputs(layout: RunLayout) -> list[str]:
     """What a training run leaves in its folder (the things a second run would mix with)."""
-    layout = RunLayout(run_dir)
     paths = [layout.checkpoints, layout.metrics, layout.tensorboard, layout.run_file]
     return [path.name for path in paths if path.exists() and not _is_empty_dir(path)]
 
@@ -74,7 +69,7 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def prepare_run_folder(run_dir: str | Path, identity: dict[str, Any], resume: str, overwrite: bool,
+def prepare_run_folder(layout: RunLayout, identity: dict[str, Any], resume: str, overwrite: bool,
                        env: DistEnv) -> Path | None:
     """Check that this run may use `run_dir` and return the checkpoint to resume from (None: a fresh start).
 
@@ -82,9 +77,9 @@ def prepare_run_folder(run_dir: str | Path, identity: dict[str, Any], resume: st
     outputs are refused unless `train.overwrite=true`, which deletes them; `resume=never` in a folder that already
     holds this run's checkpoints is refused too (it would re-save over them). Checked before anything loads.
     """
-    run_dir, run_hash = Path(run_dir), identity_hash(identity)
-    outputs = _run_outputs(run_dir)
-    run_file = RunLayout(run_dir).run_file
+    run_dir, run_hash = layout.root, identity_hash(identity)
+    outputs = _run_outputs(layout)
+    run_file = layout.run_file
     stored = json.loads(run_file.read_text()) if run_file.is_file() else None
     same_run = stored is not None and stored.get("hash") == run_hash
     if outputs and overwrite:
@@ -101,20 +96,19 @@ def prepare_run_folder(run_dir: str | Path, identity: dict[str, Any], resume: st
             f"{run_dir} holds another training run ({', '.join(outputs)}; differs in {'; '.join(changed[:4])}); "
             "use a new run_dir, or train.overwrite=true to delete that run"
         )
-    if resume == "never" and complete_tags(checkpoint_root(run_dir)):
+    if resume == "never" and complete_tags(layout):
         raise CheckpointError(
             f"{run_dir} already holds checkpoints of this run; continue it with train.resume=auto, or set "
             "train.overwrite=true to start it again from scratch"
         )
-    checkpoint = find_resume_checkpoint(run_dir, resume, run_hash)
+    checkpoint = find_resume_checkpoint(layout, resume, run_hash)
     if checkpoint is not None:
         check_resumable(checkpoint, run_hash, env.world_size)
     return checkpoint
 
 
-def record_run(run_dir: str | Path, identity: dict[str, Any], config: RunConfig) -> None:
+def record_run(layout: RunLayout, identity: dict[str, Any], config: RunConfig) -> None:
     """run.json (the identity) and config.yaml, written by rank 0 once the stage has really started."""
-    layout = RunLayout(Path(run_dir))
     if not layout.run_file.is_file():
         write_json_atomic(layout.run_file, {
             "hash": identity_hash(identity), "identity": identity, "workdir": os.getcwd(),
@@ -123,14 +117,14 @@ def record_run(run_dir: str | Path, identity: dict[str, Any], config: RunConfig)
     write_text_atomic(layout.config_file, dump_config(config))
 
 
-def find_resume_checkpoint(run_dir: str | Path, resume: str, run_hash: str | None = None) -> Path | None:
+def find_resume_checkpoint(layout: RunLayout, resume: str, run_hash: str | None = None) -> Path | None:
     """`never`: None. `auto`: the newest complete checkpoint of the run (of `run_hash` if given; None if there is
     none). A path: that one, which must be complete."""
     if resume == "never":
         return None
     if resume == "auto":
-        tags = complete_tags(checkpoint_root(run_dir), run_hash)
-        return checkpoint_root(run_dir) / tags[-1] if tags else None
+        tags = complete_tags(layout, run_hash)
+        return layout.checkpoint(tags[-1]) if tags else None
     path = Path(resume)
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint (no {MARKER}: save cut off?)")
@@ -157,13 +151,13 @@ def check_resumable(checkpoint: Path, run_hash: str, world_size: int) -> None:
 # --- save and load -------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(engine, env: DistEnv, run_dir: str | Path, step: int, client_state: dict[str, Any], keep: int,
+def save_checkpoint(engine, env: DistEnv, layout: RunLayout, step: int, client_state: dict[str, Any], keep: int,
                     run_hash: str, config_yaml: str, final: bool = False) -> Path:
     """Save `step` under its tag; `final` marks the run's last planned step (the train stage is then complete)."""
-    root = checkpoint_root(run_dir)
+    root = layout.checkpoints
     tag = tag_for_step(step)
     if env.is_rank_zero and (root / tag).exists():
-        _retire(root, tag)
+        _retire(layout, tag)
     barrier()  # no rank writes into the tag before its old marker is gone
     try:
         engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
@@ -180,18 +174,19 @@ def save_checkpoint(engine, env: DistEnv, run_dir: str | Path, step: int, client
         write_json_atomic(root / tag / MARKER, {"step": step, "world_size": env.world_size, "run": run_hash,
                                                    "final": final})
         write_text_atomic(root / "latest", tag)
-        _rotate(root, tag, keep)
+        _rotate(layout, tag, keep)
     barrier()
     log.info("checkpoint %s saved", root / tag)
     return root / tag
 
 
-def _retire(root: Path, tag: str) -> None:
+def _retire(layout: RunLayout, tag: str) -> None:
     """Unmark a tag before it is written again. `latest` moves first (to the newest other complete tag), so at no
     moment does it name a tag without a marker; then the marker goes, then the old files."""
+    root = layout.checkpoints
     latest = root / "latest"
     if latest.is_file() and latest.read_text().strip() == tag:
-        others = [other for other in complete_tags(root) if other != tag]
+        others = [other for other in complete_tags(layout) if other != tag]
         if others:
             write_text_atomic(latest, others[-1])
         else:
@@ -200,11 +195,11 @@ def _retire(root: Path, tag: str) -> None:
     shutil.rmtree(root / tag)
 
 
-def _rotate(root: Path, latest: str, keep: int) -> None:
+def _rotate(layout: RunLayout, latest: str, keep: int) -> None:
     """Keep `latest` and the keep-1 complete tags before it; never touch a tag newer than `latest`."""
-    older = [tag for tag in complete_tags(root) if tag < latest]
+    older = [tag for tag in complete_tags(layout) if tag < latest]
     for tag in older[: max(len(older) - (keep - 1), 0)]:
-        shutil.rmtree(root / tag, ignore_errors=True)
+        shutil.rmtree(layout.checkpoint(tag), ignore_errors=True)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -15,49 +15,47 @@ from cst_dist.config import RunConfig, load_run_config
 from cst_dist.io import atomic_directory, check_output_dir, write_json_atomic
 from cst_dist.models import load_model_config, load_tokenizer
 from cst_dist.run_layout import EXPORT_MARKER, RunLayout
-from cst_dist.training.checkpoint import MARKER, checkpoint_root
+from cst_dist.training.checkpoint import MARKER
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def resolve_tag(run_dir: Path, tag: str | None) -> str:
-    root = checkpoint_root(run_dir)
+def resolve_tag(layout: RunLayout, tag: str | None) -> str:
+    root = layout.checkpoints
     if tag is None:
         latest = root / "latest"
         if not latest.is_file():
-            raise FileNotFoundError(f"{run_dir}: no complete checkpoint ({latest} missing); train first")
+            raise FileNotFoundError(f"{layout.root}: no complete checkpoint ({latest} missing); train first")
         tag = latest.read_text().strip()
     if not (root / tag / MARKER).is_file():
         raise FileNotFoundError(f"{root / tag} is not a complete checkpoint (no {MARKER})")
     return tag
 
 
-def checkpoint_config(run_dir: Path, tag: str) -> RunConfig:
+def checkpoint_config(layout: RunLayout, tag: str) -> RunConfig:
     """The config the checkpoint was trained with (stored in it; the run folder's for older checkpoints), with its
     relative paths resolved against the run's root: a later command in the run folder cannot change it."""
-    layout = RunLayout(run_dir)
     stored = layout.checkpoint(tag) / "config.yaml"
-    return load_run_config(stored if stored.is_file() else layout.config_file, run_dir)
+    return load_run_config(stored if stored.is_file() else layout.config_file, layout.root)
 
 
-def check_export_output(output: Path, run_dir: Path, tag: str, overwrite: bool) -> bool:
+def check_export_output(output: Path, layout: RunLayout, tag: str, overwrite: bool) -> bool:
     """Made before the consolidation (minutes on a 7B model): True when an earlier export is replaced."""
-    inputs = [run_dir, checkpoint_root(run_dir) / tag]
+    inputs = [layout.root, layout.checkpoint(tag)]
     return check_output_dir(output, EXPORT_MARKER, "export", overwrite, inputs, "--output", "pass --overwrite")
 
 
-def export_checkpoint(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
+def export_checkpoint(layout: RunLayout, tag: str | None = None, dtype: str = "float32",
                       output: str | Path | None = None, overwrite: bool = False) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM
 
-    run_dir = Path(run_dir)
-    tag = resolve_tag(run_dir, tag)
-    config = checkpoint_config(run_dir, tag)
-    output = Path(output) if output else RunLayout(run_dir).export(tag)
-    replace = check_export_output(output, run_dir, tag, overwrite)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
+    tag = resolve_tag(layout, tag)
+    config = checkpoint_config(layout, tag)
+    output = Path(output) if output else layout.export(tag)
+    replace = check_export_output(output, layout, tag, overwrite)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(layout.checkpoints), tag=tag)
     model_config = load_model_config(config.model)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32,
                                              trust_remote_code=config.model.trust_remote_code)

@@ -11,8 +11,9 @@ from typing import Any
 from cst_dist.config import RunConfig, TrainConfig
 
 # Train settings that do not change the trajectory: a run resumed with another value is still the same run.
+# logits_chunk_size: the same sums in another order (1e-6 apart), so a resume may change it.
 OPERATIONAL_TRAIN_KEYS = ("resume", "overwrite", "save_steps", "keep_checkpoints", "log_steps", "reference_cache",
-                          "dist_timeout_s")
+                          "dist_timeout_s", "logits_chunk_size")
 
 
 # Train keys added after run folders existed (the sft objective): left out of the identity at their defaults.

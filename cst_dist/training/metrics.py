@@ -126,9 +126,8 @@ class MetricsWriter:
     """metrics.jsonl + TensorBoard, rank 0 only. On resume, lines past the resumed step are dropped, so the file
     reads as one uninterrupted run; a torn line (kill -9, full disk) is dropped with a warning, never fatal."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool, resume_step: int = 0):
+    def __init__(self, layout: RunLayout, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
-        layout = RunLayout(Path(run_dir))
         self.path = layout.metrics
         if not enabled:
             return

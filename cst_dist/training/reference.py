@@ -23,7 +23,7 @@ from cst_dist.config import DataConfig, TrainConfig
 from cst_dist.data import preference_set
 from cst_dist.errors import UserError
 from cst_dist.io import atomic_file, check_writable_dir, file_fingerprint
-from cst_dist.logprobs import batch_token_counts, forward_logps
+from cst_dist.logprobs import LOGITS_CHUNK_SIZE, ChosenRejected, batch_token_counts, chosen_rejected_logps
 from cst_dist.models import ModelSpec
 from cst_dist.run_layout import REFERENCE_CACHE, RunLayout
 from cst_dist.training.data import TokenizedSet
@@ -52,7 +52,8 @@ def cache_key_parts(spec: ModelSpec, data_config: DataConfig, tokenizer, data: T
 
 
 @torch.no_grad()
-def compute_reference_logps(engine, collate: Callable[[list], dict], data: TokenizedSet, size: int, env: DistEnv):
+def compute_reference_logps(engine, collate: Callable[[list], dict], data: TokenizedSet, size: int, env: DistEnv,
+                            chunk_size: int | None = LOGITS_CHUNK_SIZE):
     """[rows, 2] (chosen, rejected) summed reference log-probs of every row, in micro-batches of `size` spread over
     the ranks. ZeRO-3 needs every rank in every forward, so the last round repeats a batch on ranks that ran out."""
     chunks = [list(range(i, min(i + size, len(data.pairs)))) for i in range(0, len(data.pairs), size)]
@@ -62,10 +63,10 @@ def compute_reference_logps(engine, collate: Callable[[list], dict], data: Token
         chunk_index = round_index * env.world_size + env.rank
         chunk = chunks[min(chunk_index, len(chunks) - 1)]
         batch = collate([data.pairs[i] for i in chunk])
-        logps = forward_logps(engine, batch, 2 * len(chunk), env.device).float().cpu()
+        logps = chosen_rejected_logps(engine, batch, len(chunk), env.device, chunk_size=chunk_size)
         if chunk_index < len(chunks):
-            for offset, row in enumerate(chunk):
-                results[row] = (logps[offset].item(), logps[len(chunk) + offset].item())
+            for row, (chosen, rejected) in zip(chunk, logps.stack().float().tolist(), strict=True):
+                results[row] = (chosen, rejected)
     gathered = [None] * env.world_size if dist.is_initialized() else [results]
     if dist.is_initialized():
         dist.all_gather_object(gathered, results)
@@ -73,8 +74,8 @@ def compute_reference_logps(engine, collate: Callable[[list], dict], data: Token
     return torch.tensor([merged[row] for row in range(len(data.pairs))], dtype=torch.float32)
 
 
-def cache_path(train: TrainConfig, run_dir: str | Path) -> Path:
-    return Path(train.reference_cache or RunLayout(Path(run_dir)).reference_cache)
+def cache_path(train: TrainConfig, layout: RunLayout) -> Path:
+    return Path(train.reference_cache or layout.reference_cache)
 
 
 def _ids_hash(ids: list[str]) -> str:
@@ -126,21 +127,21 @@ class PrecomputedReference:
     def __init__(self, logps: torch.Tensor):
         self.logps = logps
 
-    def __call__(self, rows: list[int], batch: dict, device: torch.device, average: bool):
+    def __call__(self, rows: list[int], batch: dict, device: torch.device, average: bool) -> ChosenRejected:
         ref = self.logps[rows].to(device)
+        ref = ChosenRejected(ref[:, 0], ref[:, 1])
         if average:  # the cache holds sums; the batch's labels give the token counts
-            counts = batch_token_counts(batch, 2 * len(rows)).to(device).clamp(min=1)
-            ref = ref / torch.stack([counts[: len(rows)], counts[len(rows):]], dim=1)
-        return ref[:, 0], ref[:, 1]
+            counts = ChosenRejected.split(batch_token_counts(batch, 2 * len(rows)).to(device).clamp(min=1))
+            ref = ChosenRejected(ref.chosen / counts.chosen, ref.rejected / counts.rejected)
+        return ref
 
 
 class LiveReference:
     """Reference log-probs from the frozen reference engine, on the same batch as the policy."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, engine, chunk_size: int | None = LOGITS_CHUNK_SIZE):
+        self.engine, self.chunk_size = engine, chunk_size
 
     @torch.no_grad()
-    def __call__(self, rows: list[int], batch: dict, device: torch.device, average: bool):
-        ref = forward_logps(self.engine, batch, 2 * len(rows), device, average=average)
-        return ref[: len(rows)], ref[len(rows):]
+    def __call__(self, rows: list[int], batch: dict, device: torch.device, average: bool) -> ChosenRejected:
+        return chosen_rejected_logps(self.engine, batch, len(rows), device, average, self.chunk_size)

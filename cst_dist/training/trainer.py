@@ -6,9 +6,6 @@ step runs (`OBJECTIVES`); engine, sampler, checkpoints, signals, metrics and exp
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import math
 import resource
@@ -16,15 +13,19 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from cst_dist.config import RunConfig, TrainConfig, dump_config
+from cst_dist.data import preference_set
 from cst_dist.errors import UserError
 from cst_dist.flops import matmul_peak_flops, model_shape
-from cst_dist.io import check_writable_dir, file_sha256
-from cst_dist.logprobs import batch_token_counts, forward_logps
+from cst_dist.io import check_writable_dir
+from cst_dist.logprobs import (
+    batch_token_counts,
+    chosen_rejected_logps,
+    forward_logps,
+)
 from cst_dist.models import ModelSpec, load_model_config, load_tokenizer, resolve_model
 from cst_dist.training import checkpoint
 from cst_dist.training.data import (
@@ -98,9 +99,9 @@ def train(config: RunConfig) -> TrainResult:
     # `auto` becomes the stage this world size runs, so the identity and the stored config name the stage used.
     train_cfg.zero_stage = resolve_zero_stage(train_cfg.zero_stage, env.world_size)
     # Which run this is, and whether the folder may take it: decided before any model or data loads.
-    identity = training_identity(config, preference_fingerprint(config.train_data_dir))
+    identity = training_identity(config, preference_set.fingerprint(config.train_data_dir))
     run_hash = identity_hash(identity)
-    resume_from = checkpoint.prepare_run_folder(config.run_dir, identity, train_cfg.resume, train_cfg.overwrite, env)
+    resume_from = checkpoint.prepare_run_folder(config.layout, identity, train_cfg.resume, train_cfg.overwrite, env)
     torch.manual_seed(train_cfg.seed)
     # config.json read once; backend (varlen attention for packed batches) and dtype chosen once
     spec = resolve_model(config.model, env.device, packed=config.data.packing)
@@ -129,9 +130,9 @@ def train(config: RunConfig) -> TrainResult:
     if resume_from is not None:
         step = checkpoint.load_checkpoint(engine, env, resume_from)["step"]
     if env.is_rank_zero:  # the stage has started: only now does the run folder record this run and its config
-        checkpoint.record_run(config.run_dir, identity, config)
+        checkpoint.record_run(config.layout, identity, config)
     config_yaml = dump_config(config)
-    writer = MetricsWriter(config.run_dir, env.is_rank_zero, resume_step=step)
+    writer = MetricsWriter(config.layout, env.is_rank_zero, resume_step=step)
     metrics: dict[str, float] = {}
     stopped = False
     progress = _progress_bar(env, total_steps, step)
@@ -167,7 +168,7 @@ def train(config: RunConfig) -> TrainResult:
             progress.update(1)
             progress.set_postfix(_postfix(metrics))
             if step % train_cfg.save_steps == 0 or step == total_steps or stop_now:
-                checkpoint.save_checkpoint(engine, env, config.run_dir, step, {"step": step},
+                checkpoint.save_checkpoint(engine, env, config.layout, step, {"step": step},
                                            train_cfg.keep_checkpoints, run_hash, config_yaml, step == total_steps)
             if stop_now:
                 log.warning("stopped at step %d after a signal; resume with train.resume=auto", step)
@@ -194,16 +195,16 @@ def micro_step(engine, reference, micro_batch: MicroBatch, train_cfg: TrainConfi
     rows, pairs, batch = micro_batch.rows, micro_batch.examples, micro_batch.batch
     # IPO regresses length-averaged log-ratios (Azar et al. 2023, as TRL computes it); the other losses use sums.
     average = train_cfg.loss_type == "ipo"
-    policy_logps = forward_logps(engine, batch, 2 * len(rows), env.device, average=average)
-    ref_chosen, ref_rejected = reference(rows, batch, env.device, average)
-    policy_chosen, policy_rejected = policy_logps[: len(rows)], policy_logps[len(rows):]
+    # The LM head runs over the responses a chunk of positions at a time: the logits never exist for all of them.
+    policy = chosen_rejected_logps(engine, batch, len(rows), env.device, average, train_cfg.logits_chunk_size)
+    ref = reference(rows, batch, env.device, average)
     losses, chosen_rewards, rejected_rewards = preference_loss(
-        policy_chosen.float(), policy_rejected.float(), ref_chosen.float(), ref_rejected.float(),
+        policy.chosen.float(), policy.rejected.float(), ref.chosen.float(), ref.rejected.float(),
         beta=train_cfg.beta, loss_type=train_cfg.loss_type, label_smoothing=train_cfg.label_smoothing,
     )
     engine.backward(losses.mean())  # DeepSpeed divides by the accumulation steps
     engine.step()  # steps optimizer and scheduler only at the accumulation boundary
-    accumulator.add_batch(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected,
+    accumulator.add_batch(losses, chosen_rewards, rejected_rewards, policy.chosen, policy.rejected,
                           [p.system for p in pairs])
     accumulator.add("tokens/real", sum(micro_batch.sequence_lengths()))
     accumulator.add("tokens/slots", batch["input_ids"].numel())
@@ -223,15 +224,15 @@ def sft_step(engine, reference, micro_batches: list[MicroBatch], train_cfg: Trai
     local_tokens = sum(int(count.sum()) for count in counts)
     step_tokens = all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64)).item()
     for micro_batch, count in zip(micro_batches, counts, strict=True):
-        sft_micro_step(engine, micro_batch, count, step_tokens, env, accumulator)
+        sft_micro_step(engine, micro_batch, count, step_tokens, env, accumulator, train_cfg.logits_chunk_size)
 
 
 def sft_micro_step(engine, micro_batch: MicroBatch, token_counts: torch.Tensor, step_tokens: float, env: DistEnv,
-                   accumulator: SftStepAccumulator) -> None:
+                   accumulator: SftStepAccumulator, chunk_size: int | None) -> None:
     """Forward the responses of one collated micro-batch, its share of the step's token-mean NLL, backward; sums
     into `accumulator`."""
     batch = micro_batch.batch
-    logps = forward_logps(engine, batch, len(micro_batch.examples), env.device)
+    logps = forward_logps(engine, batch, len(micro_batch.examples), env.device, chunk_size=chunk_size)
     # The loss is already this micro-batch's share of the step's mean: DeepSpeed must not divide it by the
     # accumulation steps (scale_wrt_gas=False), and its averaging of gradients over the ranks is undone by world_size.
     engine.backward(sft_loss(logps.float(), step_tokens) * env.world_size, scale_wrt_gas=False)
@@ -247,13 +248,13 @@ def setup_reference(config: RunConfig, spec: ModelSpec, plan: BatchPlan, env: Di
     frozen reference engine, offloaded or on the device."""
     train_cfg = config.train
     if train_cfg.reference != "precomputed":
-        return LiveReference(setup_reference_engine(spec, train_cfg, plan))
+        return LiveReference(setup_reference_engine(spec, train_cfg, plan), train_cfg.logits_chunk_size)
 
     def compute() -> torch.Tensor:
         engine = setup_reference_engine(spec, train_cfg, plan)
-        return compute_reference_logps(engine, collate, data, plan.micro_batch_size, env)
+        return compute_reference_logps(engine, collate, data, plan.micro_batch_size, env, train_cfg.logits_chunk_size)
 
-    path = cache_path(train_cfg, config.run_dir)
+    path = cache_path(train_cfg, config.layout)
     parts = cache_key_parts(spec, config.data, tokenizer, data)
     return PrecomputedReference(load_or_compute_cache(path, parts, data, env, compute))
 
@@ -276,16 +277,6 @@ OBJECTIVES = {
     "dpo": Objective(setup_reference, dpo_step, StepAccumulator),
     "sft": Objective(no_reference, sft_step, SftStepAccumulator),
 }
-
-
-def preference_fingerprint(folder: Path) -> str:
-    """The content fingerprint `cst build` wrote into the set's manifest (a hash of the Parquet files otherwise)."""
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            return str(json.loads(manifest.read_text())["fingerprint"])
-    files = sorted((folder / "data").glob("*.parquet"))
-    return hashlib.sha256("".join(file_sha256(path) for path in files).encode()).hexdigest()[:16]
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:

@@ -126,40 +126,42 @@ def test_build_output_is_never_an_input_or_the_run_folder(tmp_path, capsys, wher
 
 def _fake_run(tmp_path: Path) -> tuple[Path, str]:
     """A run folder with one complete checkpoint, as far as the export's output check looks."""
-    from cst_dist.training.checkpoint import MARKER, checkpoint_root
+    from cst_dist.run_layout import RunLayout
+    from cst_dist.training.checkpoint import MARKER
 
     run_dir, tag = tmp_path / "run", "step-00000002"
-    (checkpoint_root(run_dir) / tag).mkdir(parents=True)
-    (checkpoint_root(run_dir) / tag / MARKER).write_text("{}")
-    (checkpoint_root(run_dir) / "latest").write_text(tag)
+    (RunLayout(run_dir).checkpoint(tag)).mkdir(parents=True)
+    (RunLayout(run_dir).checkpoint(tag) / MARKER).write_text("{}")
+    (RunLayout(run_dir).checkpoints / "latest").write_text(tag)
     (run_dir / "metrics.jsonl").write_text("{}\n")
     return run_dir, tag
 
 
 def test_export_output_is_checked_like_build_output(tmp_path):
+    from cst_dist.run_layout import RunLayout
     from cst_dist.training.export import EXPORT_MARKER, check_export_output
 
     run_dir, tag = _fake_run(tmp_path)
     checkpoint = run_dir / "checkpoints" / tag
     for output in (run_dir, run_dir / "checkpoints", checkpoint, tmp_path):
         with pytest.raises(OutputError, match="is or holds"):
-            check_export_output(output, run_dir, tag, overwrite=True)
+            check_export_output(output, RunLayout(run_dir), tag, overwrite=True)
     models = tmp_path / "models"
     (models / "base").mkdir(parents=True)
     with pytest.raises(OutputError, match="not a `cst export` output"):
-        check_export_output(models, run_dir, tag, overwrite=True)
+        check_export_output(models, RunLayout(run_dir), tag, overwrite=True)
     default = run_dir / "export" / tag
-    assert check_export_output(default, run_dir, tag, overwrite=False) is False  # nothing there yet
+    assert check_export_output(default, RunLayout(run_dir), tag, overwrite=False) is False  # nothing there yet
     default.mkdir(parents=True)
     (default / "model.safetensors").write_bytes(b"x")
     (default / EXPORT_MARKER).write_text(json.dumps({"stage": "export", "tag": tag, "dtype": "float32"}))
     with pytest.raises(OutputError, match="pass --overwrite"):
-        check_export_output(default, run_dir, tag, overwrite=False)
-    assert check_export_output(default, run_dir, tag, overwrite=True) is True
+        check_export_output(default, RunLayout(run_dir), tag, overwrite=False)
+    assert check_export_output(default, RunLayout(run_dir), tag, overwrite=True) is True
     file_output = tmp_path / "model.bin"
     file_output.write_bytes(b"x")
     with pytest.raises(OutputError, match="is a file, not a folder"):
-        check_export_output(file_output, run_dir, tag, overwrite=True)
+        check_export_output(file_output, RunLayout(run_dir), tag, overwrite=True)
 
 
 def test_cli_export_refuses_the_run_folder_as_output(tmp_path, capsys):

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from cst_dist.config import load_config
 from cst_dist.models import resolve_model
+from cst_dist.run_layout import RunLayout
 from cst_dist.stage_process import child_env
 from cst_dist.training.checkpoint import find_resume_checkpoint, load_checkpoint
 from cst_dist.training.data import BatchPlan
@@ -27,7 +28,7 @@ def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, pre
     result = cst_train(train_overrides(tiny_model_config.path, preference_dir, run_dir,
                                        **{"train.max_steps": 2, "train.reference": "precomputed"}))
     assert result.returncode == 0, result.stderr[-3000:]
-    exported = export_checkpoint(run_dir, dtype="float32")
+    exported = export_checkpoint(RunLayout(run_dir), dtype="float32")
     assert {"model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in exported.iterdir()}
 
     # The trained ZeRO-3 engine, restored from the same checkpoint in this process (a world of one).
@@ -35,7 +36,7 @@ def test_export_matches_engine_and_zero_to_fp32(tmp_path, tiny_model_config, pre
     env = setup_distributed()
     spec, plan = resolve_model(config.model, env.device), BatchPlan.of(config.train, env.world_size)
     engine, _ = setup_policy_engine(spec, config.train, plan, total_steps=2)
-    load_checkpoint(engine, env, find_resume_checkpoint(run_dir, "auto"))
+    load_checkpoint(engine, env, find_resume_checkpoint(RunLayout(run_dir), "auto"))
     input_ids = torch.arange(3, 40).unsqueeze(0)
     with torch.no_grad():
         engine_logits = engine(input_ids=input_ids).logits

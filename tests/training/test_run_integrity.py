@@ -213,13 +213,15 @@ def test_overwrite_replaces_another_run(base, tmp_path):
 
 
 def test_rotation_never_deletes_latest_or_newer(tmp_path):
+    from cst_dist.run_layout import RunLayout
     from cst_dist.training.checkpoint import MARKER, _rotate
 
     root = tmp_path / "checkpoints"
     for step in (2, 4, 6, 8):
         (root / f"step-{step:08d}").mkdir(parents=True)
         (root / f"step-{step:08d}" / MARKER).write_text("{}")
-    _rotate(root, "step-00000006", keep=2)  # a resumed run re-saved step 6 while step 8 of its first pass exists
+    # a resumed run re-saved step 6 while step 8 of its first pass exists
+    _rotate(RunLayout(tmp_path), "step-00000006", keep=2)
     assert sorted(p.name for p in root.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cst_dist.run_layout import RunLayout
 from cst_dist.training.reference import CACHE_NAME
 from tests.training.launch import launch, read_metrics, train_overrides
 
@@ -75,7 +76,7 @@ def test_zero3_two_ranks_lowers_loss_and_raises_accuracy(runs):
 def test_every_parameter_changes_and_export_matches(runs, tiny_model_config):
     from cst_dist.training.export import export_checkpoint
 
-    exported = export_checkpoint(runs["live_offload"], dtype="float32")
+    exported = export_checkpoint(RunLayout(runs["live_offload"]), dtype="float32")
     trained = load_file(exported / "model.safetensors")
     initial = load_file(f"{tiny_model_config.path}/model.safetensors")
     assert trained.keys() == initial.keys()

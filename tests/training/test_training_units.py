@@ -12,6 +12,7 @@ import pytest
 
 from cst_dist.config import ConfigError, TrainConfig
 from cst_dist.data.preference_set import load_preference_split
+from cst_dist.run_layout import RunLayout
 from cst_dist.stage_process import child_env
 from cst_dist.training import deepspeed_config
 from cst_dist.training.checkpoint import MARKER, find_resume_checkpoint
@@ -89,11 +90,11 @@ def test_resume_auto_never_picks_an_interrupted_save(tmp_path):
         (root / f"step-{step:08d}").mkdir(parents=True)
         if complete:
             (root / f"step-{step:08d}" / MARKER).write_text("{}")
-    assert find_resume_checkpoint(tmp_path, "auto") == root / "step-00000002"
-    assert find_resume_checkpoint(tmp_path, "never") is None
-    assert find_resume_checkpoint(tmp_path / "fresh", "auto") is None
+    assert find_resume_checkpoint(RunLayout(tmp_path), "auto") == root / "step-00000002"
+    assert find_resume_checkpoint(RunLayout(tmp_path), "never") is None
+    assert find_resume_checkpoint(RunLayout(tmp_path / "fresh"), "auto") is None
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        find_resume_checkpoint(tmp_path, str(root / "step-00000004"))
+        find_resume_checkpoint(RunLayout(tmp_path), str(root / "step-00000004"))
 
 
 def cst_train(overrides: list[str]) -> subprocess.CompletedProcess:

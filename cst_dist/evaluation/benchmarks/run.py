@@ -25,10 +25,10 @@ from cst_dist.evaluation.benchmarks.fewshot import Prompt, build_prompts, contin
 from cst_dist.evaluation.benchmarks.metrics import task_metrics
 from cst_dist.evaluation.benchmarks.tasks import TASKS, Doc, read_docs
 from cst_dist.farm.cluster import FarmSettings, actor_device
-from cst_dist.farm.pool import Job, ShardDone, run_shards
+from cst_dist.farm.driver import run_resumable
+from cst_dist.farm.pool import Job, ShardDone
 from cst_dist.farm.shards import Shard, plan_shards
 from cst_dist.farm.store import ShardStore, model_items_plan
-from cst_dist.io import read_rows
 
 log = logging.getLogger(__name__)
 COUNTS = ("questions", "requests", "forwards", "input_tokens", "truncated")
@@ -182,29 +182,22 @@ def score_items(model_config: ModelConfig, items: list[ScoringItem], cfg: Benchm
     shards = plan_shards(items, cfg.shard_size)
     store = ShardStore(folder, scoring_plan(Path(model_config.path), items, cfg), len(shards), COUNTS,
                        "benchmark log-likelihoods", "eval.output")
-    finished = store.finished()
-    todo = [shard for shard in shards if shard.index not in finished]
-    run = ScoringRun([], len(shards))
-
-    def save(done: ShardDone) -> str:
+    def record(done: ShardDone) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
         result = done.result
         entry = {"questions": len(done.shard.items), "requests": sum(len(i.continuations) for i in done.shard.items),
                  "forwards": result["forwards"], "input_tokens": result["input_tokens"],
                  "truncated": sum(1 for row in result["rows"] if row["truncated"]), "attempts": done.attempts,
                  "worker": result["worker"]}
-        store.save(done.shard, {f"{done.shard.name}.jsonl": result["rows"]}, entry)
-        run.shards_scored += 1
+        return {f"{done.shard.name}.jsonl": result["rows"]}, entry
+
+    def saved(done: ShardDone) -> str:
         if on_shard_done is not None:
             on_shard_done(done)
         return f"{store.totals.get('requests', 0) / max(done.seconds, 1e-9):.0f} requests/s"
 
-    done_items = sum(len(shard.items) for shard in shards if shard.index in finished)
-    job = Job(BenchmarkWorker, (model_config, cfg.batch_size, cfg.max_length), role="benchmark", unit="question",
-              total_items=len(items), items_done=done_items)
-    pool_run = run_shards(job, todo, farm, save)
-    run.retries, run.seconds, run.totals = pool_run.retries, pool_run.seconds, dict(store.totals)
-    run.rows = [row for shard in shards for _, row in read_rows(folder / f"{shard.name}.jsonl")]
-    return run
+    job = Job(BenchmarkWorker, (model_config, cfg.batch_size, cfg.max_length), role="benchmark", unit="question")
+    done = run_resumable(job, shards, store, farm, record, saved)
+    return ScoringRun(done.rows(), len(shards), done.done, done.retries, done.seconds, dict(store.totals))
 
 
 def benchmark_entries(suite: BenchmarkSuite, rows: list[dict[str, Any]], model: str, step: int | None

@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cst_dist.config import ConfigError, JudgeConfig
+from cst_dist.config import ConfigError, EvalConfig, JudgeConfig
 from cst_dist.evaluation.judges.base import Judge, Verdict, parse_llama_guard, parse_paper
 
-__all__ = ["Judge", "Verdict", "build_judge", "judge_info", "parse_llama_guard", "parse_paper"]
+__all__ = ["Judge", "Verdict", "build_judge", "build_refusal_judge", "judge_info", "parse_llama_guard",
+           "parse_paper"]
 
 
 def _path(value: str | None, default: Path) -> Path:
@@ -57,6 +58,21 @@ def build_judge(judge: JudgeConfig, *, workdir: Path, train_data: Path | None) -
 
     source = _path(judge.train_data, train_data) if judge.train_data or train_data else None
     return load_or_train(_path(judge.classifier_path, workdir / "judge" / "classifier.json"), source)
+
+
+def build_refusal_judge(eval_cfg: EvalConfig, *, workdir: Path):
+    """The over-refusal section's labeller (judges/refusal.py): the offline rules, or eval.judge's llm / http model
+    asked with the refusal template (eval.refusal_judge=judge; its verdicts share the http judge's cache)."""
+    from cst_dist.evaluation.judges.refusal import ModelRefusalJudge, RefusalRules
+
+    if eval_cfg.refusal_judge == "rules":
+        return RefusalRules()
+    if eval_cfg.judge.kind not in ("llm", "http"):
+        raise ConfigError(f"eval.refusal_judge=judge asks eval.judge's model with the refusal template, but "
+                          f"eval.judge.kind={eval_cfg.judge.kind} has none; set eval.judge.kind=llm or http, or "
+                          "eval.refusal_judge=rules")
+    return ModelRefusalJudge(build_judge(eval_cfg.judge.model_copy(update={"template": "refusal"}), workdir=workdir,
+                                         train_data=None))
 
 
 # The settings each kind reads; any other setting away from its default would do nothing, silently.

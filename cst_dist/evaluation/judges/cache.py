@@ -2,8 +2,8 @@
 
 Key: sha256 of (judge model name, template hash, max new tokens, question, answer), so a rerun pays nothing twice,
 and a changed judge model, judge prompt or reply budget never reuses old verdicts. Lines hold the key, the judge
-name and the verdict only: no question, no answer, no credentials. A line torn by a crash is skipped when the cache
-is read (warned, not fatal).
+name and the verdict only (`safe` or a refusal `label`, and `judge_raw`): no question, no answer, no credentials. A
+line torn by a crash is skipped when the cache is read (warned, not fatal).
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class VerdictCache:
             for raw in handle:
                 try:
                     line = json.loads(raw.decode("utf-8"))
-                    verdicts[line["key"]] = {"safe": line["safe"], "judge_raw": line["judge_raw"]}
+                    line["judge_raw"]  # every verdict has it; its other fields (safe, or a refusal label) vary
+                    verdicts[line["key"]] = {name: value for name, value in line.items()
+                                             if name not in ("key", "judge")}
                 except (ValueError, KeyError, TypeError):
                     torn += 1
         if torn:
@@ -65,7 +67,7 @@ class VerdictCache:
 
     def put(self, key: str, verdict: Verdict) -> None:
         """Record a verdict and make it durable before returning: a crash after this keeps it."""
-        line = {"key": key, "judge": self.judge_name, "safe": verdict["safe"], "judge_raw": verdict["judge_raw"]}
+        line = {"key": key, "judge": self.judge_name, **verdict}  # safe + judge_raw, or label + judge_raw
         data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
