@@ -11,8 +11,10 @@ Sources of each figure (also printed with the table):
     so no sequence x sequence term), after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
     Transformer Models", sec. 4.1) applied to this layer (counted below). With gradient
     checkpointing only each layer's input (h) is kept, plus one layer's full set while it is recomputed.
-  - logits: the LM head runs only at response positions (`cst_dist.logprobs.forward_logps`), values and gradients in
-    the model dtype, plus the fp32 log-sum-exp chunk of 1024 tokens.
+  - logits: the LM head runs only at response positions (`cst_dist.logprobs.forward_logps`). Chunked
+    (train.logits_chunk_size, the default): one chunk's fp32 logits and their softmax in backward, plus, for a bf16
+    head, the fp32 accumulator of its weight gradient; the logits of all responses never exist. Unchunked (null):
+    values and gradients of every response position in the model dtype, plus the fp32 log-sum-exp chunk of 1024.
   - the reference: offloaded (host memory: its bf16 partitions, per node), on the GPU (its partition plus a gathered
     layer), or precomputed (nothing).
   - a runtime allowance (`--runtime-gib`): CUDA context, NCCL and allocator slack on a GPU; on CPU the Python, torch,
@@ -171,9 +173,15 @@ def activation_bytes(shape: ModelShape, hf_config, tokens: int, checkpointing: b
     return tokens * (kept + backward + 2 * h * dtype_bytes)  # + the final norm's input and output
 
 
-def logits_bytes(shape: ModelShape, tokens: int, response_share: float, dtype_bytes: int) -> float:
-    """Logits at the response positions and their gradient, in the model dtype."""
-    return 2 * tokens * response_share * shape.vocab_size * dtype_bytes
+def logits_bytes(shape: ModelShape, tokens: int, response_share: float, dtype_bytes: int,
+                 chunk_size: int | None) -> float:
+    """Logits at the response positions and their gradient: all at once in the model dtype (chunk_size None), or
+    one fp32 chunk and its softmax at a time (+ the fp32 weight-gradient accumulator of a 16-bit head)."""
+    responses = tokens * response_share
+    if chunk_size is None:
+        return 2 * responses * shape.vocab_size * dtype_bytes
+    accumulator = shape.vocab_size * shape.hidden_size * 4 if dtype_bytes < 4 else 0.0
+    return 2 * min(chunk_size, responses) * shape.vocab_size * 4 + accumulator
 
 
 def logsumexp_bytes(shape: ModelShape) -> float:
@@ -200,13 +208,14 @@ def plan_one(config: RunConfig, arch: Architecture, inputs: Inputs, micro_batch:
     shape, largest, b = arch.shape, arch.largest_layer_parameters, inputs.dtype_bytes
     nodes = max(-(-gpus // inputs.gpus_per_node), 1)
     tokens = micro * 2 * inputs.tokens_per_sequence  # chosen + rejected of each pair, packed
+    chunk = train.logits_chunk_size
     parts = {
         "policy model states": policy_state_bytes(shape.parameters, largest, gpus, inputs.gpus_per_node, stage,
                                                   train.optimizer_offload, b),
-        "buffers": logsumexp_bytes(shape) + ((0.9 * shape.hidden_size**2 + shape.hidden_size**2) * b
-                                             if stage == 3 else 0.0),  # + ZeRO-3's prefetch and reduce buckets
+        "buffers": (logsumexp_bytes(shape) if chunk is None else 0.0)
+        + ((0.9 * shape.hidden_size**2 + shape.hidden_size**2) * b if stage == 3 else 0.0),  # ZeRO-3's buckets
         "activations": activation_bytes(shape, arch.hf_config, tokens, train.gradient_checkpointing, b),
-        "logits": logits_bytes(shape, tokens, inputs.response_share, b),
+        "logits": logits_bytes(shape, tokens, inputs.response_share, b, chunk),
         "reference": reference_gpu_bytes(train.reference, shape.parameters, largest, gpus, b),
         "runtime allowance": inputs.runtime_gib * GIB,
     }
@@ -214,9 +223,10 @@ def plan_one(config: RunConfig, arch: Architecture, inputs: Inputs, micro_batch:
     plan = GpuPlan(gpus, nodes, micro, train.global_batch_size // (micro * gpus), stage,
                    {k: v / GIB for k, v in parts.items()}, total / GIB, inputs.gpu_mem_gib - total / GIB)
     plan.fits = plan.headroom_gib >= 0
+    # Chunked logits do not grow with the micro-batch (one chunk at a time): they stay in the fixed part.
     per_token = (activation_bytes(shape, arch.hf_config, 1, train.gradient_checkpointing, b)
-                 + logits_bytes(shape, 1, inputs.response_share, b))
-    fixed = total - parts["activations"] - parts["logits"]
+                 + (logits_bytes(shape, 1, inputs.response_share, b, None) if chunk is None else 0.0))
+    fixed = total - parts["activations"] - (parts["logits"] if chunk is None else 0.0)
     plan.largest_tokens_per_micro_batch = max(int((inputs.gpu_mem_gib * GIB - fixed) // per_token), 0)
     per_pair = 2 * inputs.tokens_per_sequence
     candidates = [m for m in range(1, train.global_batch_size // gpus + 1)
