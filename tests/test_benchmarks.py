@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cst_dist.config import ModelConfig, TinyModelConfig
+from cst_dist.models import ensure_model
 from cst_dist.stage_process import child_env
 from tests.conftest import SHARED_DATA
 
@@ -41,6 +43,46 @@ def test_trainer_throughput_quick(tmp_path):
     levers = report["levers"]
     assert 0 < levers["logit_positions"] < levers["tokens"]
     assert "| cst-dist: packed varlen" in result.stdout and "share of matmul peak" in result.stdout
+
+
+def test_trainer_throughput_real_model_option(tmp_path):
+    """--model DIR: every variant trains that HF folder (its tokenizer, chat template, tied LM head) on the same token
+    ids, and reports its peak memory beside the memory planner's prediction."""
+    model = tmp_path / "model"
+    ensure_model(ModelConfig(path=str(model), tiny=TinyModelConfig(tie_word_embeddings=True)))
+    out = tmp_path / "real.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "trainer_throughput.py"), "--model", str(model), "--steps", "1",
+         "--repeats", "1", "--variants", "trl,cst-gc", "--max-length", "128", "--max-prompt-length", "64",
+         "--global-batch", "2", "--micro-batch", "1", "--no-levers", "--out", str(out)],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["model"]["path"] == str(model) and report["model"]["kind"] == "pretrained"
+    # FLOPs from the folder's own config: a tied head is counted once, as the LM head's matmul
+    assert report["model"]["tied_embeddings"] and report["model"]["matmul_parameters"] == report["model"]["parameters"]
+    rows = {row["variant"]: row for row in report["table"]}
+    assert set(rows) == {"trl", "cst-gc"}
+    for row in rows.values():
+        assert row["peak_memory_gib"] > 0 and row["process_peak_rss_gib"] >= row["peak_memory_gib"] * 0.99
+        assert row["flops_utilization"] > 0
+    # one step of global batch 2 = every sampled row: both sides trained on exactly the same token ids
+    trl_steps, cst_steps = report["runs"]["trl"][0]["steps"], report["runs"]["cst-gc"][0]["steps"]
+    assert trl_steps[0]["real"] == cst_steps[0]["real"] > 0
+    assert "train.gradient_checkpointing=true" in report["runs"]["cst-gc"][0]["command"]
+    plan = report["memory_plan"]["cst-gc"]  # the planner on the same settings, against the measured peak
+    assert plan["measured_gib"] == rows["cst-gc"]["peak_memory_gib"]
+    for prediction in (plan["measured_shape"], plan["worst_case"]):
+        assert prediction["total_gib"] > 0 and prediction["off_percent"] is not None
+        assert "train.gradient_checkpointing=true" in prediction["command"]
+    assert "memory planner" in result.stdout
+
+
+def test_benchmarks_render_chats_through_the_project_encoder():
+    """The benchmarks feed models the ids every stage uses: no chat template is rendered outside cst_dist/chat.py."""
+    callers = [str(p) for p in (REPO / "benchmarks").rglob("*.py") if "apply_chat_template(" in p.read_text()]
+    assert callers == []
 
 
 def test_scaling_study_quick(tmp_path):

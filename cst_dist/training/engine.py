@@ -47,6 +47,9 @@ def setup_policy_engine(spec: ModelSpec, train: TrainConfig, plan: BatchPlan, to
     bf16 = spec.dtype == torch.bfloat16
     ds_config = deepspeed_config.policy_config(train, plan, bf16, spec.hidden_size)
     model = load_partitioned_model(spec, ds_config)
+    # from_pretrained returns eval mode, and transformers recomputes layers only in training mode: without this,
+    # gradient checkpointing is silently off (dropout stays off either way: disable_dropout).
+    model.train()
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(

@@ -63,8 +63,11 @@ def _start_driver(mode: str) -> tuple[subprocess.Popen, str]:
 def test_kill_9_of_the_driver_takes_every_ray_process_with_it():
     driver, mark = _start_driver("hang")
     try:
-        running = marked_processes(mark, {driver.pid})
-        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= _names(running), _names(running)
+        agents = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}  # started by the raylet a moment after it is up
+        deadline = time.monotonic() + 90
+        while not agents <= _names(running := marked_processes(mark, {driver.pid})) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert agents <= _names(running), _names(running)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         left = _wait_until_none(mark, 60)
