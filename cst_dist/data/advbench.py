@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cst_dist.io import RecordError, atomic_file
+from cst_dist.io import atomic_file, read_csv_columns
 from cst_dist.prompts import SAFE_SYSTEM_PROMPT, UNCENSORED_EVAL_SYSTEM_PROMPT
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -34,21 +34,7 @@ def load_advbench(path: str | os.PathLike = ADVBENCH_CSV) -> list[dict[str, str]
 
     A bad row raises RecordError naming the file, the data row (1-based) and the field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(path, None, None, "file does not exist")
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in ADVBENCH_COLUMNS if name not in (reader.fieldnames or ())]
-        if missing:
-            raise RecordError(path, None, missing[0], f"missing column (header: {reader.fieldnames})")
-        rows = []
-        for number, raw in enumerate(reader, start=1):
-            for name in ADVBENCH_COLUMNS:
-                if not (raw.get(name) or "").strip():
-                    raise RecordError(path, number, name, "empty or missing value")
-            rows.append({name: raw[name] for name in ADVBENCH_COLUMNS})
-    return rows
+    return [row for _, row in read_csv_columns(path, ADVBENCH_COLUMNS)]
 
 
 def split_advbench(rows: list[dict[str, Any]], test_size: int = TEST_SIZE, seed: int = 0) -> list[dict[str, Any]]:

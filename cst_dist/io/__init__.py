@@ -25,6 +25,7 @@ from cst_dist.io.records import (
     file_fingerprint,
     file_sha256,
     is_utf8_text,
+    read_csv_columns,
     read_parquet_table,
     read_rows,
 )
@@ -32,6 +33,6 @@ from cst_dist.io.records import (
 __all__ = [
     "STAGING_NAME", "OutputError", "RecordError", "atomic_directory", "atomic_file", "check_output_dir",
     "check_writable_dir", "exclusive_lock", "file_fingerprint", "file_sha256", "is_utf8_text", "read_marker",
-    "read_parquet_table", "read_rows", "remove_stale_staging", "write_json_atomic", "write_jsonl_atomic",
-    "write_text_atomic",
+    "read_csv_columns", "read_parquet_table", "read_rows", "remove_stale_staging", "write_json_atomic",
+    "write_jsonl_atomic", "write_text_atomic",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -120,6 +121,28 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
         if bad is not None:
             raise RecordError(path, index, bad, "not valid UTF-8 text; re-save the file as UTF-8")
         yield index, row
+
+
+def read_csv_columns(path: str | os.PathLike, columns: tuple[str, ...], absent: str = "file does not exist",
+                     missing: str = "missing column") -> list[tuple[int, dict[str, str]]]:
+    """(data row number from 1, {column: value}) of a CSV whose `columns` must all be present and non-empty in every
+    row; a missing file, column or value raises RecordError naming the file (and the row and column). `absent` and
+    `missing` word the first two errors (e.g. which setting names the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(path, None, None, absent)
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        lacking = [name for name in columns if name not in (reader.fieldnames or ())]
+        if lacking:
+            raise RecordError(path, None, lacking[0], f"{missing} (header: {reader.fieldnames})")
+        rows = []
+        for number, raw in enumerate(reader, start=1):
+            for name in columns:
+                if not (raw.get(name) or "").strip():
+                    raise RecordError(path, number, name, "empty or missing value")
+            rows.append((number, {name: raw[name] for name in columns}))
+    return rows
 
 
 def is_utf8_text(value: Any) -> bool:

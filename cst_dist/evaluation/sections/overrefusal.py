@@ -13,7 +13,6 @@ safety) and compliance rate on the unsafe ones (full compliance: what should not
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from cst_dist.config.evaluation import OverRefusalConfig
 from cst_dist.evaluation.judges.refusal import FULL_COMPLIANCE, FULL_REFUSAL, LABELS, PARTIAL_REFUSAL
 from cst_dist.evaluation.safety import ConversationItem
 from cst_dist.evaluation.sections.common import ASSETS, condition_of, safety_counts, share, tags
-from cst_dist.io import RecordError
+from cst_dist.io import RecordError, read_csv_columns
 
 NAME = "overrefusal"
 XSTEST_CSV = ASSETS / "xstest_prompts.csv"
@@ -35,24 +34,13 @@ PROMPT_LABELS = ("safe", "unsafe")
 def load_xstest(path: str | Path = XSTEST_CSV) -> list[dict[str, str]]:
     """XSTest rows {id, prompt, type, label (safe | unsafe)}; a missing column or a bad row raises RecordError
     naming the file (and eval.overrefusal.path)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(path, None, None, "file does not exist (eval.overrefusal.path)")
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in XSTEST_COLUMNS if name not in (reader.fieldnames or ())]
-        if missing:
-            raise RecordError(path, None, missing[0], f"missing column: eval.overrefusal.path needs XSTest's "
-                              f"columns {', '.join(XSTEST_COLUMNS)} (header: {reader.fieldnames})")
-        rows = []
-        for number, raw in enumerate(reader, start=1):
-            for name in XSTEST_COLUMNS:
-                if not (raw.get(name) or "").strip():
-                    raise RecordError(path, number, name, "empty or missing value")
-            if raw["label"] not in PROMPT_LABELS:
-                raise RecordError(path, number, "label", f"expected safe or unsafe, got {raw['label']!r}")
-            rows.append({name: raw[name] for name in XSTEST_COLUMNS})
-    return rows
+    rows = read_csv_columns(path, XSTEST_COLUMNS, absent="file does not exist (eval.overrefusal.path)",
+                            missing="missing column: eval.overrefusal.path needs XSTest's columns "
+                                    f"{', '.join(XSTEST_COLUMNS)}")
+    for number, row in rows:
+        if row["label"] not in PROMPT_LABELS:
+            raise RecordError(path, number, "label", f"expected safe or unsafe, got {row['label']!r}")
+    return [row for _, row in rows]
 
 
 def sample_per_type(rows: list[dict[str, str]], per_type: int | None, seed: int = 0) -> list[dict[str, str]]:
